@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine with Python 3.11, make and git:
+#   make demo   - set up .venv, then run the main job
+#   make test   - set up .venv, then ruff + the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch and torchvision are a working pair: the regular PyPI (CUDA) build, which also runs on CPU.
+TORCH  := torch==2.14.1 torchvision==0.29.2
+MODEL  ?=
+ARGS   ?=
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@# natten is optional (fused kernels on CUDA); it builds from source against the installed torch.
+	$(BIN)/pip install --quiet --no-build-isolation natten==0.21.7 \
+		|| echo "natten could not be installed: optional, the zoo runs without it"
+	touch $@
+
+demo: setup
+	$(BIN)/python tools/demo.py $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 tests
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python tools/bench_ops.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,127 @@
+"""Window (block) and grid attention: multi-head self-attention inside partitions of the map.
+
+One mixer serves MaxViT block and grid attention, Swin windows (Agent-Swin's plain blocks) and CrossFormer
+short- and long-distance attention. The position term is any module ``pos_bias(group_hw) -> [heads, N, N]``
+(a relative position bias table, CrossFormer's dynamic position bias, ...).
+
+Official key names this mixer mirrors: ``qkv`` (Linear dim→3·heads·dim_head, q/k/v outer, heads inner),
+``proj``; the position module sits under the name the caller gives (``rel_pos`` for MaxViT, ``pos`` ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+
+
+def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+class PartitionAttention(nn.Module):
+    """Self-attention within windows or grids of a channels-last map ``[B, H, W, C] -> [B, H, W, C]``.
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads; ``dim_head`` defaults to ``dim // num_heads``.
+        partition: ``"window"`` — non-overlapping ``size`` tiles of contiguous pixels; ``"grid"`` — a ``size``
+            grid of pixels spread evenly over the map (MaxViT grid: group size fixed, stride = H/size);
+            ``"interval"`` — pixels ``size`` apart form a group (CrossFormer LDA: stride fixed, group size =
+            H/size). ``"global"`` — the whole (unpadded) map is one group.
+        size: window size, grid size, or interval (int or (h, w)).
+        pos_bias: module mapping a group shape ``(gh, gw)`` to an additive bias ``[heads, gh·gw, gh·gw]``.
+        pos_bias_name: attribute name under which ``pos_bias`` is registered (``rel_pos``, ``pos``...).
+        mask_padding: when the map is padded to a multiple of ``size``, exclude padded keys from the
+            softmax (True), or let them take part as zeros (False, what official Swin does).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        partition: str = "window",
+        size: int | tuple[int, int] = 7,
+        dim_head: int | None = None,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qk_scale: float | None = None,
+        pos_bias: nn.Module | None = None,
+        pos_bias_name: str = "rel_pos",
+        mask_padding: bool = True,
+        proj_drop: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        if partition not in ("window", "grid", "interval", "global"):
+            raise ValueError(f"partition must be 'window', 'grid', 'interval' or 'global', got {partition!r}")
+        if dim_head is None:
+            if dim % num_heads:
+                raise ValueError(f"num_heads={num_heads} does not divide dim={dim}; pick a divisor or pass dim_head")
+            dim_head = dim // num_heads
+        self.num_heads = num_heads
+        self.dim_head = dim_head
+        self.partition = partition
+        self.size = _pair(size)
+        self.scale = qk_scale if qk_scale is not None else dim_head**-0.5
+        self.mask_padding = mask_padding
+        inner = num_heads * dim_head
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias, **dd)
+        self.pos_bias_name = pos_bias_name
+        if pos_bias is not None:
+            self.add_module(pos_bias_name, pos_bias)
+        self.proj = nn.Linear(inner, dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    @property
+    def pos_bias(self) -> nn.Module | None:
+        return getattr(self, self.pos_bias_name, None)
+
+    def _multiple(self) -> tuple[int, int]:
+        return (1, 1) if self.partition == "global" else self.size
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``[B, Hp, Wp, C]`` → groups ``[B·nG, N, C]`` and the group shape."""
+        Hp, Wp = x.shape[1], x.shape[2]
+        if self.partition == "window":
+            return ops.window_partition(x, self.size), self.size
+        if self.partition == "grid":
+            return ops.grid_partition(x, self.size), self.size
+        if self.partition == "interval":
+            group = (Hp // self.size[0], Wp // self.size[1])
+            return ops.grid_partition(x, group), group
+        return x.reshape(x.shape[0], Hp * Wp, x.shape[3]), (Hp, Wp)
+
+    def _join(self, groups: torch.Tensor, group: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+        if self.partition == "window":
+            return ops.window_merge(groups, group, hw)
+        if self.partition == "global":
+            return groups.reshape(-1, hw[0], hw[1], groups.shape[-1])
+        return ops.grid_merge(groups, group, hw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"PartitionAttention expects [B, H, W, C], got shape {tuple(x.shape)}")
+        B, H, W, C = x.shape
+        x, pad = ops.pad_to_multiple(x, self._multiple())
+        Hp, Wp = x.shape[1], x.shape[2]
+        groups, group = self._split(x)
+        Bg, N, _ = groups.shape
+        qkv = self.qkv(groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = None
+        if self.pos_bias is not None:
+            bias = self.pos_bias(group).unsqueeze(0)  # [1, heads, N, N]
+        if self.mask_padding and (pad[0] or pad[1]):
+            mode = "window" if self.partition == "window" else "grid"
+            mask = ops.pad_mask((Hp, Wp), pad, group, mode, device=x.device).to(q.dtype)  # [nG, N, N]
+            mask = mask.unsqueeze(1).repeat(B, 1, 1, 1)  # [B·nG, 1, N, N]
+            bias = mask if bias is None else bias + mask
+        out = ops.attention(q, k, v, bias, scale=self.scale)  # [Bg, heads, N, d]
+        out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
+        out = self.proj_drop(self.proj(out))
+        out = self._join(out, group, (Hp, Wp))
+        return out[:, :H, :W].contiguous() if (pad[0] or pad[1]) else out

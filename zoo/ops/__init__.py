@@ -1,0 +1,34 @@
+"""Functional attention ops: a plain-PyTorch reference per op plus fast paths, chosen by a dispatcher.
+
+>>> import zoo.ops as ops
+>>> print(ops.explain())           # which backends exist here, and which path each op took last
+>>> with ops.use_backend("reference"):
+...     y = ops.attention(q, k, v, bias)
+"""
+
+from ._dispatch import BACKENDS, backend_status, explain, forced_backend, last_path, use_backend
+from .attention import attention
+from .partition import (
+    grid_merge,
+    grid_partition,
+    pad_mask,
+    pad_to_multiple,
+    window_merge,
+    window_partition,
+)
+
+__all__ = [
+    "BACKENDS",
+    "attention",
+    "backend_status",
+    "explain",
+    "forced_backend",
+    "grid_merge",
+    "grid_partition",
+    "last_path",
+    "pad_mask",
+    "pad_to_multiple",
+    "use_backend",
+    "window_merge",
+    "window_partition",
+]

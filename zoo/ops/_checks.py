@@ -1,0 +1,42 @@
+"""Argument checks shared by the ops: one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def _checks_enabled(t: torch.Tensor) -> bool:
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    if os.environ.get("ZOO_CHECK_FINITE", "1") == "0":
+        return False
+    # A finiteness check syncs the device; on CUDA it is opt-in (ZOO_CHECK_FINITE=1 forces nothing extra).
+    return t.device.type == "cpu" or os.environ.get("ZOO_CHECK_FINITE") == "1"
+
+
+def check_finite(op: str, **tensors: torch.Tensor | None) -> None:
+    """Raise ValueError naming the first input that holds NaN or Inf (CPU; see ZOO_CHECK_FINITE)."""
+    for name, t in tensors.items():
+        if t is None or not t.is_floating_point() or not _checks_enabled(t):
+            continue
+        if not bool(torch.isfinite(t).all()):
+            nan = int(torch.isnan(t).sum())
+            raise ValueError(
+                f"{op}: input {name!r} {tuple(t.shape)} holds {nan} NaN and "
+                f"{int((~torch.isfinite(t)).sum()) - nan} Inf values; check the data or the layer before it"
+            )
+
+
+def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int, layout: str) -> None:
+    """Check rank, matching batch/head dims and head dims of q, k, v (layout names the dims)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != ndim:
+            raise ValueError(f"{op}: {name} must be {layout}, got a {t.dim()}-D tensor of shape {tuple(t.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{op}: q and k need the same head dim, got {q.shape[-1]} and {k.shape[-1]}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise ValueError(f"{op}: q, k, v need one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")

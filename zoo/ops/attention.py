@@ -1,0 +1,125 @@
+"""Dense scaled dot-product attention with an optional additive bias.
+
+``attention(q, k, v, bias)`` is the core every structured op reduces to. Layouts: ``q: [B, heads, Nq, d]``,
+``k: [B, heads, Nk, d]``, ``v: [B, heads, Nk, dv]``; ``bias`` broadcasts to ``[B, heads, Nq, Nk]`` (float,
+added to the logits) or is a bool mask of that shape (True = attend). Returns ``[B, heads, Nq, dv]``.
+
+Paths:
+- ``reference``: softmax(q kᵀ·scale + bias) v in plain PyTorch (autograd, any device, ONNX).
+- ``sdpa``: ``F.scaled_dot_product_attention`` with the bias expanded to 4-D, which on CPU takes the fused
+  flash kernel. That kernel has no bias gradient, so a bias that requires grad (a learnable relative
+  position table) would fall to SDPA's slow math path; instead :class:`_BiasedSDPA` runs the fused forward
+  with the bias detached and computes all gradients, the bias's included, in its own backward by
+  recomputing the probabilities (memory as the fused forward; the backward equals the math path's).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_finite, check_qkv
+from ._dispatch import register, select
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return q.shape[-1] ** -0.5 if scale is None else scale
+
+
+def _as_4d(bias: torch.Tensor) -> torch.Tensor:
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    return bias
+
+
+@register("attention", "reference")
+def attention_reference(q, k, v, bias=None, scale=None):
+    attn = (q * _scale(q, scale)) @ k.transpose(-2, -1)
+    if bias is not None:
+        if bias.dtype == torch.bool:
+            attn = attn.masked_fill(~bias, float("-inf"))
+        else:
+            attn = attn + bias
+    attn = attn.softmax(dim=-1)
+    return attn @ v
+
+
+def _sum_to_shape(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a gradient over the dims that were broadcast to reach ``g.shape`` from ``shape``."""
+    lead = g.dim() - len(shape)
+    if lead:
+        g = g.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    if dims:
+        g = g.sum(dim=dims, keepdim=True)
+    return g
+
+
+class _BiasedSDPA(torch.autograd.Function):
+    """Fused SDPA forward with a float bias that needs a gradient; exact backward by recomputation."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_as_4d(bias.detach()), scale=scale)
+        ctx.save_for_backward(q, k, v, bias, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias, out = ctx.saved_tensors
+        scale = ctx.scale
+        logits = torch.matmul(q * scale, k.transpose(-2, -1)) + bias
+        p = logits.softmax(dim=-1)
+        dv = p.transpose(-2, -1) @ grad_out
+        dp = grad_out @ v.transpose(-2, -1)
+        ds = p * (dp - (grad_out * out).sum(-1, keepdim=True))
+        dq = (ds @ k) * scale
+        dk = (ds.transpose(-2, -1) @ q) * scale
+        dbias = _sum_to_shape(ds, bias.shape) if ctx.needs_input_grad[3] else None
+        # q, k, v may be broadcast views in the forward; their grads already have their shapes.
+        return dq, dk, dv, dbias, None
+
+
+@register("attention", "sdpa")
+def attention_sdpa(q, k, v, bias=None, scale=None):
+    scale = _scale(q, scale)
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if (
+        bias.dtype != torch.bool
+        and bias.requires_grad
+        and torch.is_grad_enabled()
+        and q.device.type == "cpu"
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+    ):
+        return _BiasedSDPA.apply(q, k, v, bias, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_as_4d(bias), scale=scale)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Softmax attention ``softmax(q kᵀ·scale + bias) v``.
+
+    Args:
+        q: ``[B, heads, Nq, d]``; k: ``[B, heads, Nk, d]``; v: ``[B, heads, Nk, dv]`` (leading dims may be
+            any number ≥ 1 as long as q, k, v agree).
+        bias: additive float bias or bool mask (True = keep), broadcastable to ``[..., Nq, Nk]``.
+        scale: logit scale, default ``d ** -0.5``.
+    Returns:
+        ``[B, heads, Nq, dv]``.
+    """
+    check_qkv("attention", q, k, v, q.dim(), "[B, heads, N, d]")
+    if q.dim() < 3:
+        raise ValueError(f"attention: q must be [B, heads, N, d], got shape {tuple(q.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: k and v need the same number of keys, got {k.shape[-2]} and {v.shape[-2]}")
+    check_finite("attention", q=q, k=k, v=v)
+    impl = select("attention", q.device, q.dtype)
+    return impl.fn(q, k, v, bias, scale)

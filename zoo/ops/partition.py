@@ -1,0 +1,101 @@
+"""Window and grid partition/merge for channels-last maps, with padding for sizes that don't divide.
+
+Window (block) partition: each ``P×P`` tile of contiguous pixels is one group (MaxViT block attention,
+Swin windows, CrossFormer short-distance attention). Grid partition: the map is split into a ``G×G`` grid of
+interleaved pixels; group ``(i, j)`` holds the pixels ``(i + a·H/G, j + b·W/G)`` — a dilated grid spanning
+the map (MaxViT grid attention, CrossFormer long-distance attention with interval ``I = H/G``).
+
+Layouts: maps are ``[B, H, W, C]``; partitions are ``[B·nW, P·P, C]`` (window) or ``[B·nG, G·G, C]`` (grid)
+with groups ordered row-major. ``H`` and ``W`` must be divisible; :func:`pad_to_multiple` pads first and
+:func:`pad_mask` tells which tokens of each group are padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def _check_map(op: str, x: torch.Tensor, size: tuple[int, int], what: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be [B, H, W, C], got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+    H, W = x.shape[1], x.shape[2]
+    if H % size[0] or W % size[1]:
+        raise ValueError(
+            f"{op}: map {H}x{W} is not divisible by the {what} {size[0]}x{size[1]}; "
+            f"pad it first with zoo.ops.pad_to_multiple"
+        )
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad ``x: [B, H, W, C]`` at the bottom/right to multiples of ``multiple``.
+
+    Returns the padded map and ``(pad_h, pad_w)``; crop with ``x[:, :H, :W]`` afterwards.
+    """
+    mh, mw = _pair(multiple)
+    H, W = x.shape[1], x.shape[2]
+    pad_h, pad_w = (-H) % mh, (-W) % mw
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x, (pad_h, pad_w)
+
+
+def window_partition(x: torch.Tensor, window: int | tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W, C]`` → ``[B·(H/P)·(W/P), P·P, C]``, windows of contiguous pixels, row-major."""
+    ph, pw = _pair(window)
+    _check_map("window_partition", x, (ph, pw), "window")
+    B, H, W, C = x.shape
+    x = x.view(B, H // ph, ph, W // pw, pw, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ph * pw, C)
+
+
+def window_merge(windows: torch.Tensor, window: int | tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``[B·nW, P·P, C]`` → ``[B, H, W, C]``."""
+    ph, pw = _pair(window)
+    H, W = hw
+    C = windows.shape[-1]
+    x = windows.view(-1, H // ph, W // pw, ph, pw, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def grid_partition(x: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W, C]`` → ``[B·(H/G)·(W/G), G·G, C]``: group ``(a, b)`` holds pixels ``(a + i·H/G, b + j·W/G)``."""
+    gh, gw = _pair(grid)
+    _check_map("grid_partition", x, (gh, gw), "grid")
+    B, H, W, C = x.shape
+    x = x.view(B, gh, H // gh, gw, W // gw, C).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, gh * gw, C)
+
+
+def grid_merge(groups: torch.Tensor, grid: int | tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`grid_partition`: ``[B·nG, G·G, C]`` → ``[B, H, W, C]``."""
+    gh, gw = _pair(grid)
+    H, W = hw
+    C = groups.shape[-1]
+    x = groups.view(-1, H // gh, W // gw, gh, gw, C).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def pad_mask(
+    hw: tuple[int, int], pad: tuple[int, int], size: int | tuple[int, int], mode: str, device=None
+) -> torch.Tensor | None:
+    """Additive key mask ``[nGroups, N, N]`` (0 = real key, -1e4 = padded key) for a padded map.
+
+    ``hw`` is the padded size, ``pad`` the padding at the bottom/right, ``size`` the window (``mode='window'``)
+    or grid (``mode='grid'``) size. Returns None when nothing is padded. Padded queries are cropped later,
+    so only keys are masked. The mask is finite so a group made only of padding (possible with small maps
+    in interval mode) gives a uniform softmax, not NaN; such queries are cropped anyway.
+    """
+    if not pad[0] and not pad[1]:
+        return None
+    H, W = hw
+    valid = torch.zeros(1, H, W, 1, device=device)
+    valid[:, : H - pad[0], : W - pad[1]] = 1.0
+    parts = window_partition(valid, size) if mode == "window" else grid_partition(valid, size)
+    keep = parts[..., 0] > 0  # [nGroups, N]
+    mask = torch.zeros(keep.shape, device=device).masked_fill(~keep, -1e4)
+    return mask[:, None, :].expand(-1, keep.shape[1], -1)
