@@ -1,0 +1,343 @@
+"""The one skeleton every hierarchical family is built on: stem → stages → norm → head.
+
+A network is a :class:`NetCfg`: a stem, a list of :class:`StageCfg` (each a downsampler and a stack of
+blocks) and a head. Stems, downsamplers and blocks are looked up by name in small registries that the family
+modules fill (``@register_block("nat")`` ...), so a config may name any block for any stage and a hybrid is
+one line. The skeleton gives every model timm's API: ``forward_features`` (channels-last ``[B, H, W, C]``,
+``output_fmt = "NHWC"``), ``forward_head(pre_logits=...)``, ``forward_intermediates``,
+``prune_intermediate_layers``, ``feature_info`` (strides 4, 8, 16, 32), ``reset_classifier``,
+``set_grad_checkpointing``, ``group_matcher`` and ``no_weight_decay``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from timm.layers import ClassifierHead, NormMlpClassifierHead
+from timm.layers.helpers import get_device_dtype
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from torch import nn
+
+# name -> builder. Builders take explicit keyword arguments (see the type aliases) plus device/dtype.
+STEMS: dict[str, Callable[..., nn.Module]] = {}
+DOWNSAMPLERS: dict[str, Callable[..., nn.Module]] = {}
+BLOCKS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def _registrar(table: dict[str, Callable[..., nn.Module]], kind: str):
+    def register(name: str):
+        def deco(fn):
+            if name in table and table[name] is not fn:
+                raise ValueError(f"{kind} {name!r} is registered twice")
+            table[name] = fn
+            return fn
+
+        return deco
+
+    return register
+
+
+register_stem = _registrar(STEMS, "stem")
+"""``@register_stem(name)``: ``fn(in_chans, out_dim, *, device, dtype, **kw) -> module`` mapping ``[B, C, H, W]``
+images to channels-last ``[B, H/4, W/4, out_dim]``."""
+register_downsampler = _registrar(DOWNSAMPLERS, "downsampler")
+"""``@register_downsampler(name)``: ``fn(in_dim, out_dim, *, device, dtype, **kw)`` mapping ``[B, H, W, C]`` to
+``[B, ⌈H/2⌉, ⌈W/2⌉, out_dim]``."""
+register_block = _registrar(BLOCKS, "block")
+"""``@register_block(name)``: ``fn(dim, *, index, depth, stage, drop_path, device, dtype, **kw)`` → a module
+``[B, H, W, C] -> [B, H, W, C]``; ``index`` is the block's position in its stage (alternating patterns)."""
+
+
+@dataclass(frozen=True)
+class StageCfg:
+    """One stage: optional downsampler to ``dim``, then ``depth`` blocks of kind ``block``."""
+
+    depth: int
+    dim: int
+    block: str
+    block_kwargs: dict[str, Any] = field(default_factory=dict)
+    downsample: str | None = None
+    downsample_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NetCfg:
+    """A whole backbone. ``head``: ``"classifier"`` (pool → fc) or ``"norm_mlp"`` (pool → LN → fc+tanh → fc,
+    as MaxViT); ``norm``: final norm on the last stage (``"layernorm"``, ``"batchnorm"`` or None)."""
+
+    stem: str
+    stages: tuple[StageCfg, ...]
+    stem_kwargs: dict[str, Any] = field(default_factory=dict)
+    norm: str | None = "layernorm"
+    norm_eps: float = 1e-5
+    head: str = "classifier"
+    head_hidden_size: int | None = None
+    drop_path_rate: float = 0.0
+    no_weight_decay: tuple[str, ...] = ()  # parameter-name substrings excluded from weight decay
+    min_input_size: int = 32
+
+    def replace(self, **kw) -> NetCfg:
+        return dataclasses.replace(self, **kw)
+
+
+def _make_norm(kind: str | None, dim: int, eps: float, dd: dict) -> nn.Module:
+    if kind is None:
+        return nn.Identity()
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, **dd)
+    if kind == "batchnorm":
+        return ChannelsLastBatchNorm(dim, eps=eps, **dd)
+    raise ValueError(f"unknown norm {kind!r}; choose 'layernorm', 'batchnorm' or None")
+
+
+class ChannelsLastBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d applied to a channels-last map ``[B, H, W, C]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Stage(nn.Module):
+    """``downsample`` then ``blocks``, on channels-last maps."""
+
+    def __init__(self, downsample: nn.Module, blocks: nn.Sequential):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = downsample
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    """One clear error for each kind of bad image batch: rank, channels, size, NaN/Inf (with where)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return
+    if x.dim() != 4:
+        raise ValueError(
+            f"expected an image batch [B, {in_chans}, H, W], got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+            + ("; add a batch dim with x.unsqueeze(0)" if x.dim() == 3 else "")
+        )
+    if x.shape[1] != in_chans:
+        hint = " (channels-last input? permute to [B, C, H, W])" if x.shape[-1] == in_chans else ""
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} in shape {tuple(x.shape)}{hint}")
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(f"input {x.shape[2]}x{x.shape[3]} is smaller than the minimum {min_size}x{min_size}")
+    if x.device.type == "cpu" and x.is_floating_point():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            b, c, i, j = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(
+                f"input holds {int(bad.sum())} NaN/Inf values, the first at batch {b}, channel {c}, "
+                f"pixel ({i}, {j}); clean the data before the model"
+            )
+
+
+class Backbone(nn.Module):
+    """A hierarchical backbone built from a :class:`NetCfg`.
+
+    Input ``[B, in_chans, H, W]`` of any size ≥ ``cfg.min_input_size``; features are channels-last
+    (``forward_features`` → ``[B, H/32, W/32, num_features]``), intermediates NCHW as timm's convention.
+    """
+
+    output_fmt = "NHWC"
+
+    def __init__(
+        self,
+        cfg: NetCfg,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        drop_path_rate: float | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        dpr_total = cfg.drop_path_rate if drop_path_rate is None else drop_path_rate
+        depths = [s.depth for s in cfg.stages]
+        # stochastic depth grows linearly over all blocks (computed in python: safe under the meta device)
+        n = sum(depths)
+        dpr = [dpr_total * i / max(n - 1, 1) for i in range(n)]
+
+        self.stem = STEMS[cfg.stem](in_chans, cfg.stages[0].dim, **cfg.stem_kwargs, **dd)
+        stages, feature_info = [], []
+        in_dim, reduction, k = cfg.stages[0].dim, 4, 0
+        for si, sc in enumerate(cfg.stages):
+            if sc.downsample is not None:
+                down = DOWNSAMPLERS[sc.downsample](in_dim, sc.dim, **sc.downsample_kwargs, **dd)
+                reduction *= 2
+            else:
+                down = nn.Identity()
+            blocks = [
+                BLOCKS[sc.block](
+                    sc.dim, index=i, depth=sc.depth, stage=si, drop_path=dpr[k + i], **sc.block_kwargs, **dd
+                )
+                for i in range(sc.depth)
+            ]
+            k += sc.depth
+            stages.append(Stage(down, nn.Sequential(*blocks)))
+            feature_info.append(dict(num_chs=sc.dim, reduction=reduction, module=f"stages.{si}"))
+            in_dim = sc.dim
+        self.stages = nn.ModuleList(stages)
+        self.feature_info = feature_info
+        self.num_features = in_dim
+        self.norm = _make_norm(cfg.norm, in_dim, cfg.norm_eps, dd)
+        if cfg.head == "norm_mlp":
+            self.head = NormMlpClassifierHead(
+                in_dim, num_classes, hidden_size=cfg.head_hidden_size, pool_type=global_pool,
+                drop_rate=drop_rate, norm_layer=_make_norm_mlp_norm(cfg.norm_eps), act_layer="tanh", **dd,
+            )
+            self._head_fmt = "NCHW"
+        elif cfg.head == "classifier":
+            self.head = ClassifierHead(
+                in_dim, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC", **dd
+            )
+            self._head_fmt = "NHWC"
+        else:
+            raise ValueError(f"unknown head {cfg.head!r}; choose 'classifier' or 'norm_mlp'")
+        self.head_hidden_size = self.head.num_features
+
+    # ----------------------------------------------------------------------------------------- timm API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        keys = self.cfg.no_weight_decay
+        return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **dd)
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head_hidden_size = self.head.num_features
+
+    # -------------------------------------------------------------------------------------------- forward
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.in_chans, self.cfg.min_input_size)
+        return self.stem(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` → channels-last ``[B, h, w, num_features]`` after the final norm."""
+        x = self.forward_stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self._head_fmt == "NCHW":
+            x = x.permute(0, 3, 1, 2)
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs as NCHW (or NHWC) maps; ``norm`` applies the final norm to the last stage's output."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.forward_stem(x)
+        last = len(self.stages) - 1
+        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[: max_index + 1]
+        i = 0
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norm(x) if (norm and i == last) else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            if isinstance(self.head, NormMlpClassifierHead):
+                self.head.reset(self.num_classes, reset_other=True, in_features=self.num_features)
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def _make_norm_mlp_norm(eps: float):
+    from timm.layers import LayerNorm2d
+
+    return lambda dim, **dd: LayerNorm2d(dim, eps=eps, **dd)
+
+
+def build_backbone(
+    variant: str,
+    cfg: NetCfg,
+    pretrained: bool = False,
+    filter_fn: Callable[[dict, nn.Module], dict] | None = None,
+    model_cls: type[nn.Module] | None = None,
+    **kwargs,
+) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for a zoo config: pretrained loading through ``filter_fn`` (the
+    family's official-checkpoint converter) and ``features_only`` through ``forward_intermediates``."""
+    from timm.models import build_model_with_cfg
+
+    out_indices = kwargs.pop("out_indices", tuple(range(len(cfg.stages))))
+    return build_model_with_cfg(
+        model_cls or Backbone,
+        variant,
+        pretrained,
+        cfg=cfg,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **kwargs,
+    )
