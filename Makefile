@@ -21,6 +21,10 @@ $(VENV)/.stamp: pyproject.toml Makefile
 	@# natten is optional (fused kernels on CUDA); it builds from source against the installed torch.
 	$(BIN)/pip install --quiet --no-build-isolation natten==0.21.7 \
 		|| echo "natten could not be installed: optional, the zoo runs without it"
+	@# timm's own model tests (tests/test_models.py from timm's sdist) run against the zoo's models.
+	rm -rf $(VENV)/timm-sdist && $(BIN)/pip download --quiet --no-deps --no-binary :all: timm==1.0.31 -d $(VENV)/timm-sdist
+	tar -xzf $(VENV)/timm-sdist/timm-1.0.31.tar.gz -C $(VENV)/timm-sdist timm-1.0.31/tests/test_models.py
+	cp $(VENV)/timm-sdist/timm-1.0.31/tests/test_models.py tests/timm_suite/test_models.py
 	touch $@
 
 demo: setup
