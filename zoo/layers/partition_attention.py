@@ -20,6 +20,14 @@ def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
+_PARTITIONS = ("window", "grid", "interval", "dilated", "global")
+
+
+def _check_partition(partition: str) -> None:
+    if partition not in _PARTITIONS:
+        raise ValueError(f"partition must be one of {_PARTITIONS}, got {partition!r}")
+
+
 class PartitionAttention(nn.Module):
     """Self-attention within windows or grids of a channels-last map ``[B, H, W, C] -> [B, H, W, C]``.
 
@@ -29,12 +37,19 @@ class PartitionAttention(nn.Module):
         partition: ``"window"`` — non-overlapping ``size`` tiles of contiguous pixels; ``"grid"`` — a ``size``
             grid of pixels spread evenly over the map (MaxViT grid: group size fixed, stride = H/size);
             ``"interval"`` — pixels ``size`` apart form a group (CrossFormer LDA: stride fixed, group size =
-            H/size). ``"global"`` — the whole (unpadded) map is one group.
-        size: window size, grid size, or interval (int or (h, w)).
+            H/size). ``"dilated"`` — groups of ``size`` pixels spaced ``interval`` apart inside each
+            ``size·interval`` region (CrossFormer main-branch LDA: group size and interval both fixed;
+            equals ``"interval"`` when the map fits one region). ``"global"`` — the whole (unpadded) map
+            is one group.
+        size: window size, grid size, interval (``"interval"``) or group size (``"dilated"``); int or (h, w).
         pos_bias: module mapping a group shape ``(gh, gw)`` to an additive bias ``[heads, gh·gw, gh·gw]``.
         pos_bias_name: attribute name under which ``pos_bias`` is registered (``rel_pos``, ``pos``...).
         mask_padding: when the map is padded to a multiple of ``size``, exclude padded keys from the
             softmax (True), or let them take part as zeros (False, what official Swin does).
+        interval: spacing of a group's pixels for ``partition="dilated"`` (ignored otherwise).
+
+    ``forward(x, partition=None, size=None)`` may override the partition for one call (e.g. CrossFormer
+    falls back to ``("window", min(H, W))`` when the map is not larger than its group size).
     """
 
     def __init__(
@@ -51,21 +66,24 @@ class PartitionAttention(nn.Module):
         pos_bias_name: str = "rel_pos",
         mask_padding: bool = True,
         proj_drop: float = 0.0,
+        interval: int | tuple[int, int] = 1,
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        if partition not in ("window", "grid", "interval", "global"):
-            raise ValueError(f"partition must be 'window', 'grid', 'interval' or 'global', got {partition!r}")
+        _check_partition(partition)
         if dim_head is None:
             if dim % num_heads:
-                raise ValueError(f"num_heads={num_heads} does not divide dim={dim}; pick a divisor or pass dim_head")
+                raise ValueError(
+                    f"num_heads={num_heads} does not divide dim={dim}; pick a divisor or pass dim_head"
+                )
             dim_head = dim // num_heads
         self.num_heads = num_heads
         self.dim_head = dim_head
         self.partition = partition
         self.size = _pair(size)
+        self.interval = _pair(interval)
         self.scale = qk_scale if qk_scale is not None else dim_head**-0.5
         self.mask_padding = mask_padding
         inner = num_heads * dim_head
@@ -80,35 +98,67 @@ class PartitionAttention(nn.Module):
     def pos_bias(self) -> nn.Module | None:
         return getattr(self, self.pos_bias_name, None)
 
-    def _multiple(self) -> tuple[int, int]:
-        return (1, 1) if self.partition == "global" else self.size
+    def _region(self, size: tuple[int, int]) -> tuple[int, int]:
+        return (size[0] * self.interval[0], size[1] * self.interval[1])
 
-    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _multiple(self, partition: str, size: tuple[int, int]) -> tuple[int, int]:
+        if partition == "global":
+            return (1, 1)
+        return self._region(size) if partition == "dilated" else size
+
+    def _split(
+        self, x: torch.Tensor, partition: str, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
         """``[B, Hp, Wp, C]`` → groups ``[B·nG, N, C]`` and the group shape."""
         Hp, Wp = x.shape[1], x.shape[2]
-        if self.partition == "window":
-            return ops.window_partition(x, self.size), self.size
-        if self.partition == "grid":
-            return ops.grid_partition(x, self.size), self.size
-        if self.partition == "interval":
-            group = (Hp // self.size[0], Wp // self.size[1])
+        if partition == "window":
+            return ops.window_partition(x, size), size
+        if partition == "grid":
+            return ops.grid_partition(x, size), size
+        if partition == "interval":
+            group = (Hp // size[0], Wp // size[1])
             return ops.grid_partition(x, group), group
+        if partition == "dilated":  # regions of size·interval, then a size-grid (stride interval) in each
+            R = self._region(size)
+            regions = ops.window_partition(x, R).view(-1, R[0], R[1], x.shape[3])
+            return ops.grid_partition(regions, size), size
         return x.reshape(x.shape[0], Hp * Wp, x.shape[3]), (Hp, Wp)
 
-    def _join(self, groups: torch.Tensor, group: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
-        if self.partition == "window":
+    def _join(
+        self, groups: torch.Tensor, group: tuple[int, int], hw: tuple[int, int], partition: str
+    ) -> torch.Tensor:
+        if partition == "window":
             return ops.window_merge(groups, group, hw)
-        if self.partition == "global":
+        if partition == "global":
             return groups.reshape(-1, hw[0], hw[1], groups.shape[-1])
+        if partition == "dilated":
+            R = self._region(group)
+            regions = ops.grid_merge(groups, group, R)
+            return ops.window_merge(regions.reshape(-1, R[0] * R[1], groups.shape[-1]), R, hw)
         return ops.grid_merge(groups, group, hw)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _dilated_pad_mask(self, hw: tuple[int, int], pad: tuple[int, int], size: tuple[int, int], device):
+        """Additive key mask ``[nG, N, N]`` (0 real, -1e4 padded) for ``partition="dilated"``."""
+        valid = torch.zeros(1, hw[0], hw[1], 1, device=device)
+        valid[:, : hw[0] - pad[0], : hw[1] - pad[1]] = 1.0
+        keep = self._split(valid, "dilated", size)[0][..., 0] > 0  # [nG, N]
+        mask = torch.zeros(keep.shape, device=device).masked_fill(~keep, -1e4)
+        return mask[:, None, :].expand(-1, keep.shape[1], -1)
+
+    def forward(
+        self, x: torch.Tensor, partition: str | None = None, size: int | tuple[int, int] | None = None
+    ) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"PartitionAttention expects [B, H, W, C], got shape {tuple(x.shape)}")
+        if partition is None:
+            partition = self.partition
+        else:
+            _check_partition(partition)
+        size = self.size if size is None else _pair(size)
         B, H, W, C = x.shape
-        x, pad = ops.pad_to_multiple(x, self._multiple())
+        x, pad = ops.pad_to_multiple(x, self._multiple(partition, size))
         Hp, Wp = x.shape[1], x.shape[2]
-        groups, group = self._split(x)
+        groups, group = self._split(x, partition, size)
         Bg, N, _ = groups.shape
         qkv = self.qkv(groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -116,12 +166,15 @@ class PartitionAttention(nn.Module):
         if self.pos_bias is not None:
             bias = self.pos_bias(group).unsqueeze(0)  # [1, heads, N, N]
         if self.mask_padding and (pad[0] or pad[1]):
-            mode = "window" if self.partition == "window" else "grid"
-            mask = ops.pad_mask((Hp, Wp), pad, group, mode, device=x.device).to(q.dtype)  # [nG, N, N]
+            if partition == "dilated":
+                mask = self._dilated_pad_mask((Hp, Wp), pad, size, x.device).to(q.dtype)  # [nG, N, N]
+            else:
+                mode = "window" if partition == "window" else "grid"
+                mask = ops.pad_mask((Hp, Wp), pad, group, mode, device=x.device).to(q.dtype)
             mask = mask.unsqueeze(1).repeat(B, 1, 1, 1)  # [B·nG, 1, N, N]
             bias = mask if bias is None else bias + mask
         out = ops.attention(q, k, v, bias, scale=self.scale)  # [Bg, heads, N, d]
         out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
         out = self.proj_drop(self.proj(out))
-        out = self._join(out, group, (Hp, Wp))
+        out = self._join(out, group, (Hp, Wp), partition)
         return out[:, :H, :W].contiguous() if (pad[0] or pad[1]) else out

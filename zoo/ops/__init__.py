@@ -7,7 +7,9 @@
 """
 
 from ._dispatch import BACKENDS, backend_status, explain, forced_backend, last_path, use_backend
+from .agent import adaptive_avg_pool2d_matmul, agent_attention
 from .attention import attention
+from .neighborhood import neighborhood_attention1d, neighborhood_attention2d, neighborhood_window
 from .partition import (
     grid_merge,
     grid_partition,
@@ -16,6 +18,7 @@ from .partition import (
     window_merge,
     window_partition,
 )
+from .routed import routed_attention, routing_indices
 
 __all__ = [
     "BACKENDS",
@@ -32,3 +35,6 @@ __all__ = [
     "window_merge",
     "window_partition",
 ]
+__all__ += ["adaptive_avg_pool2d_matmul", "agent_attention"]
+__all__ += ["routed_attention", "routing_indices"]
+__all__ += ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]

@@ -93,6 +93,8 @@ def attention_sdpa(q, k, v, bias=None, scale=None):
         and q.device.type == "cpu"
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
     ):
         return _BiasedSDPA.apply(q, k, v, bias, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_as_4d(bias), scale=scale)

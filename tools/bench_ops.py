@@ -1,0 +1,147 @@
+"""Micro-benchmark of every zoo op on every available path, at the shapes of the tiny variants' stages.
+
+For each op and stage shape it times each backend that can run here (forced through
+``zoo.ops.use_backend`` and confirmed with ``zoo.ops.last_path``): the median of ``--repeats`` runs after
+warm-up, forward only (``--backward`` adds forward+backward). Prints a table and writes JSON. Timings are
+measurements of this machine, never asserted anywhere.
+
+    python tools/bench_ops.py --out out/bench_ops.json [--backward] [--ops attention,routed_attention]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import zoo.ops as ops
+from zoo.ops import _dispatch
+
+TINY_STAGES = [(56, 64, 2), (28, 128, 4), (14, 256, 8), (7, 512, 16)]  # map side, dim, heads (d = 32)
+
+
+def _t(*shape, grad):
+    return torch.randn(*shape).requires_grad_(grad)
+
+
+def case_attention(grad: bool):
+    """MaxViT-T block attention: 7x7 windows, learnable relative-position bias [1, heads, 49, 49]."""
+    for side, _dim, heads in TINY_STAGES:
+        groups = (side // 7) ** 2
+        q, k, v = (_t(groups, heads, 49, 32, grad=grad) for _ in range(3))
+        bias = _t(1, heads, 49, 49, grad=grad)
+        yield f"maxvit_t window {side}x{side}", lambda q=q, k=k, v=v, b=bias: ops.attention(q, k, v, b)
+
+
+def case_routed(grad: bool):
+    """BiFormer-T bi-level routing: n_win 7, top-k 1/4/16/all, d 32."""
+    for (side, _dim, heads), topk in zip(TINY_STAGES, (1, 4, 16, -1)):
+        q, k, v = (_t(1, heads, side, side, 32, grad=grad) for _ in range(3))
+        yield f"biformer_t stage {side}x{side} topk {topk}", (
+            lambda q=q, k=k, v=v, t=topk: ops.routed_attention(q, k, v, 7, t)
+        )
+
+
+def case_agent(grad: bool):
+    """Agent-Swin-T global agent attention: agents 9/16/49/49 over the whole stage map, d 32."""
+    for (side, _, _), agents, heads in zip(TINY_STAGES, (9, 16, 49, 49), (3, 6, 12, 24)):
+        n = side * side
+        q, k, v = (_t(1, heads, n, 32, grad=grad) for _ in range(3))
+        a = _t(1, heads, agents, 32, grad=grad)
+        ab, qb = _t(1, heads, agents, n, grad=grad), _t(1, heads, n, agents, grad=grad)
+        yield f"agent_swin_t stage {side}x{side} agents {agents}", (
+            lambda q=q, k=k, v=v, a=a, ab=ab, qb=qb: ops.agent_attention(q, k, v, a, ab, qb)
+        )
+
+
+def case_neighborhood(grad: bool):
+    """NAT-mini / DiNAT-mini neighborhood attention: kernel 7, RPB, dilation 1 and the DiNAT schedule."""
+    if not hasattr(ops, "neighborhood_attention2d"):
+        return
+    for (side, _, heads), dil in zip(TINY_STAGES, (8, 4, 2, 1)):
+        q, k, v = (_t(1, heads, side, side, 32, grad=grad) for _ in range(3))
+        rpb = _t(heads, 13, 13, grad=grad)
+        for d in sorted({1, dil}):
+            yield f"nat_mini stage {side}x{side} k7 dil {d}", (
+                lambda q=q, k=k, v=v, r=rpb, d=d: ops.neighborhood_attention2d(q, k, v, 7, d, r)
+            )
+
+
+CASES: dict[str, Callable] = {
+    "attention": case_attention,
+    "routed_attention": case_routed,
+    "agent_attention": case_agent,
+    "neighborhood_attention2d": case_neighborhood,
+}
+
+
+def _time(fn: Callable, backward: bool, repeats: int) -> float:
+    def run():
+        out = fn()
+        if backward:
+            out.float().square().mean().backward()
+
+    for _ in range(2):
+        run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="out/bench_ops.json")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backward", action="store_true", help="time forward+backward instead of forward")
+    ap.add_argument("--ops", default=",".join(CASES), help="comma-separated op names")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    rows = []
+    print(ops.explain().split("ops (")[0])
+    mode = "fwd+bwd" if args.backward else "fwd"
+    print(f"{'op':<26} {'shape':<40} {'path':<10} {mode + ' ms':>10}")
+    for op in args.ops.split(","):
+        if op not in CASES:
+            raise SystemExit(f"unknown op {op!r}; choose from {sorted(CASES)}")
+        impls = _dispatch._REGISTRY.get(op, {})
+        for label, fn in CASES[op](args.backward):
+            for backend in impls:
+                with ops.use_backend(backend), torch.set_grad_enabled(args.backward):
+                    try:
+                        fn()
+                    except Exception as err:  # a path that cannot run this shape is reported, not hidden
+                        rows.append(dict(op=op, shape=label, path=backend, ms=None, error=str(err)[:200]))
+                        print(f"{op:<26} {label:<40} {backend:<10} {'error':>10}  {str(err)[:60]}")
+                        continue
+                    if ops.last_path(op) != backend:
+                        continue  # this backend cannot run here; the dispatcher fell back
+                    ms = _time(fn, args.backward, args.repeats)
+                rows.append(dict(op=op, shape=label, path=backend, ms=round(ms, 3)))
+                print(f"{op:<26} {label:<40} {backend:<10} {ms:>10.2f}", flush=True)
+    meta = dict(
+        machine=platform.machine(), processor=platform.processor() or platform.machine(),
+        cpu_threads=torch.get_num_threads(), torch=torch.__version__, mode=mode, repeats=args.repeats,
+        auto_path={op: _dispatch.select(op, device, torch.float32).backend for op in args.ops.split(",")
+                   if op in _dispatch._REGISTRY},
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(meta=meta, results=rows), indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

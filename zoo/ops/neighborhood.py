@@ -1,0 +1,381 @@
+"""Neighborhood attention (NAT) and dilated neighborhood attention (DiNAT), legacy NATTEN semantics.
+
+Each query attends to a ``k x k`` window of keys (``k`` along a 1-D sequence) around it. Semantics are those
+of NATTEN <= 0.17 (``natten2dqkrpb``/``natten2dav``), which the official NAT/DiNAT weights were trained with:
+
+- Window clamped, not padded: along an axis of length ``L`` the window of position ``i`` is shifted to stay
+  inside the axis, so every query sees exactly ``k`` keys per axis (near the border the query is off-centre).
+- Dilation ``d``: positions ``i`` with equal ``i % d`` form a group (length ``ceil((L - i % d) / d)``); the
+  window takes every ``d``-th position and is clamped inside the query's group. In group coordinates
+  ``j = i // d``, the window starts at ``clamp(j - k // 2, 0, len(group) - k)``.
+- Relative position bias ``rpb: [heads, 2k-1, 2k-1]`` (``[heads, 2k-1]`` in 1-D) is indexed by the
+  key-minus-query offset in dilated steps, ``rpb[h, (ky - qy) / d + k - 1, (kx - qx) / d + k - 1]``
+  (first table axis = height).
+- logits = ``q . k * scale + rpb``, softmax over the ``k·k`` window, weighted sum of ``v``.
+
+Every group must hold at least ``k`` positions, i.e. each axis must be ``>= kernel_size * dilation``
+(the smallest group has ``L // d`` positions); NATTEN raises there and so do these ops. The legacy NATTEN
+module (``NeighborhoodAttention2D`` <= 0.14) zero-pads smaller maps at the bottom/right *before* its qkv
+projection and crops after; :class:`zoo.layers.NeighborhoodAttention2D` does the same.
+
+Paths (``zoo.ops.use_backend`` forces one; every path matches ``reference`` forward and backward):
+
+- ``reference``: gathers the ``k·k`` neighbours of every query (one index gather on K and V), then a
+  per-query softmax. Memory ``O(N·k²·d)``, no ``O(N²)`` term. Plain PyTorch, ONNX-exportable.
+- ``sdpa``: the window as a dense additive mask (``-inf`` outside, RPB inside) over all ``N x N`` pairs,
+  run through :func:`zoo.ops.attention` (fused SDPA). ``O(N²)`` compute and memory, but fastest on CPU
+  for small maps; auto-selected while ``N = H·W <= DENSE_MAX_TOKENS`` (``DENSE_MAX_TOKENS_TRAIN`` when
+  gradients are needed; measured CPU crossovers), else the dispatcher falls to ``reference``.
+- ``flex``: ``torch.nn.attention.flex_attention`` with a neighbourhood ``mask_mod`` (block-sparse) and a
+  ``score_mod`` adding the RPB. Chosen automatically on CUDA only (compiled there); runs eagerly on CPU when
+  forced (tests).
+- ``natten``: NATTEN >= 0.21 fused kernels (``natten.na2d``/``na1d``, heads-last layout); CUDA only,
+  ``rpb is None`` only (NATTEN >= 0.20 dropped RPB) and no attention dropout.
+
+Only the ``reference`` path supports attention-weight dropout (``attn_drop > 0``); the others fall back to
+it when dropout is requested.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_finite, check_qkv
+from ._dispatch import has_module, register, select
+from .attention import attention
+
+__all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
+
+# On CPU the dense-mask SDPA path is the default for maps of at most this many tokens (N = H·W), larger ones
+# take the gather (reference) path. Measured at NAT-mini stage shapes (k=7, d=32, B=1): dense wins the forward
+# up to ~20x20 and forward+backward up to ~28x28; gather wins at 56x56 (see the helper report / bench).
+DENSE_MAX_TOKENS = 400
+DENSE_MAX_TOKENS_TRAIN = 1024
+
+_OP2 = "neighborhood_attention2d"
+_OP1 = "neighborhood_attention1d"
+
+
+# --------------------------------------------------------------------------------------------------------
+# index helpers (torch ops on the sizes; cached per size and device outside tracing/compilation)
+
+_CACHE: dict[tuple, object] = {}
+_CACHE_MAX = 64
+
+
+def _cacheable() -> bool:
+    return not (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
+
+
+def _cached(key: tuple, build):
+    if not _cacheable():
+        return build()
+    out = _CACHE.get(key)
+    if out is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        out = _CACHE[key] = build()
+    return out
+
+
+def neighborhood_window(
+    length: int, kernel_size: int, dilation: int = 1, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window of every position along one axis (legacy NATTEN clamping).
+
+    Returns ``(keys, rel)``, both ``[length, kernel_size]`` int64: ``keys[i, t]`` is the position of the
+    ``t``-th neighbour of ``i``, and ``rel[i, t]`` its RPB index, ``(keys[i, t] - i) / dilation + k - 1``
+    (in ``[0, 2k-2]``).
+    """
+    i = torch.arange(length, device=device)
+    group = i % dilation
+    j = i // dilation
+    group_len = (length - group + dilation - 1) // dilation
+    start = torch.minimum((j - kernel_size // 2).clamp(min=0), group_len - kernel_size)
+    t = torch.arange(kernel_size, device=device)
+    key_j = start[:, None] + t[None, :]  # neighbour index inside the group
+    keys = group[:, None] + key_j * dilation
+    rel = key_j - j[:, None] + (kernel_size - 1)
+    return keys, rel
+
+
+def _window_tables(shape: tuple[int, ...], ks: int, dil: int, device: torch.device):
+    """Flat neighbour index ``[N, k^n]`` into the ``N = prod(shape)`` tokens, flat RPB index ``[N, k^n]``."""
+
+    def build():
+        if len(shape) == 1:
+            return neighborhood_window(shape[0], ks, dil, device)
+        H, W = shape
+        kh, rh = neighborhood_window(H, ks, dil, device)
+        kw, rw = neighborhood_window(W, ks, dil, device)
+        idx = kh[:, None, :, None] * W + kw[None, :, None, :]  # [H, W, k, k]
+        rel = rh[:, None, :, None] * (2 * ks - 1) + rw[None, :, None, :]
+        return idx.reshape(H * W, ks * ks), rel.reshape(H * W, ks * ks)
+
+    return _cached(("win", shape, ks, dil, str(device)), build)
+
+
+def _dense_tables(shape: tuple[int, ...], ks: int, dil: int, device: torch.device):
+    """Dense ``[N, N]`` keep-mask and flat RPB index (clamped to 0 outside the window)."""
+
+    def build():
+        n = 1
+        for s in shape:
+            n *= s
+        idx, rel = _window_tables(shape, ks, dil, device)
+        rows = torch.arange(n, device=device)[:, None].expand_as(idx)
+        keep = torch.zeros(n, n, dtype=torch.bool, device=device)
+        keep = keep.index_put((rows, idx), torch.ones((), dtype=torch.bool, device=device))
+        rel_full = torch.zeros(n, n, dtype=torch.long, device=device)
+        rel_full = rel_full.index_put((rows, idx), rel)
+        return keep, rel_full
+
+    return _cached(("dense", shape, ks, dil, str(device)), build)
+
+
+# --------------------------------------------------------------------------------------------------------
+# paths; all take flattened maps q/k/v [B, heads, N, d], the map shape, and rpb flattened to [heads, R]
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return q.shape[-1] ** -0.5 if scale is None else scale
+
+
+def _na_gather(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
+    idx, rel = _window_tables(shape, ks, dil, q.device)
+    kg = k[:, :, idx]  # [B, h, N, K, d]
+    vg = v[:, :, idx]  # [B, h, N, K, dv]
+    logits = ((q * _scale(q, scale)).unsqueeze(-2) @ kg.transpose(-2, -1)).squeeze(-2)  # [B, h, N, K]
+    if rpb is not None:
+        logits = logits + rpb[:, rel]  # [h, N, K]
+    attn = logits.softmax(dim=-1)
+    if attn_drop > 0.0:
+        attn = F.dropout(attn, attn_drop, training=True)
+    return (attn.unsqueeze(-2) @ vg).squeeze(-2)
+
+
+def _na_dense(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
+    keep, rel = _dense_tables(shape, ks, dil, q.device)
+    if rpb is None:
+        bias = keep
+    else:
+        bias = rpb[:, rel].masked_fill(~keep, float("-inf")).unsqueeze(0)  # [1, h, N, N]
+    return attention(q, k, v, bias, scale=_scale(q, scale))
+
+
+_flex_compiled = None
+
+
+def _flex_fn(device: torch.device):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _flex_compiled
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return flex_attention
+    if _flex_compiled is None:
+        _flex_compiled = torch.compile(flex_attention, dynamic=False)
+    return _flex_compiled
+
+
+def _flex_block_mask(shape, ks, dil, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    W = shape[-1]
+    n = 1
+    for s in shape:
+        n *= s
+    starts = [neighborhood_window(s, ks, dil, device)[0][:, 0] for s in shape]  # first neighbour per axis
+    span = (ks - 1) * dil
+
+    def inside(qpos, kpos, start):
+        s = start[qpos]
+        return ((kpos - qpos) % dil == 0) & (kpos >= s) & (kpos <= s + span)
+
+    if len(shape) == 1:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return inside(q_idx, kv_idx, starts[0])
+
+    else:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            ok_y = inside(q_idx // W, kv_idx // W, starts[0])
+            return ok_y & inside(q_idx % W, kv_idx % W, starts[1])
+
+    def build():
+        return create_block_mask(mask_mod, None, None, n, n, device=device)
+
+    return _cached(("flex", shape, ks, dil, str(device)), build)
+
+
+def _na_flex(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
+    if q.device.type != "cuda":  # forward only there (see _flex_ok); flex refuses inputs that require grad
+        q, k, v = q.detach(), k.detach(), v.detach()
+        rpb = None if rpb is None else rpb.detach()
+    block_mask = _flex_block_mask(shape, ks, dil, q.device)
+    score_mod = None
+    if rpb is not None:
+        W = shape[-1]
+        side = 2 * ks - 1
+
+        def rel(qpos, kpos):
+            return (torch.div(kpos - qpos, dil, rounding_mode="floor") + (ks - 1)).clamp(0, side - 1)
+
+        if len(shape) == 1:
+
+            def score_mod(score, b, h, q_idx, kv_idx):
+                return score + rpb[h, rel(q_idx, kv_idx)]
+
+        else:
+
+            def score_mod(score, b, h, q_idx, kv_idx):
+                r = rel(q_idx // W, kv_idx // W) * side + rel(q_idx % W, kv_idx % W)
+                return score + rpb[h, r]
+
+    return _flex_fn(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=_scale(q, scale))
+
+
+def _na_natten(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
+    import natten
+
+    B, h, _, d = q.shape
+    fn = natten.na1d if len(shape) == 1 else natten.na2d
+
+    def heads_last(t):
+        return t.reshape(B, h, *shape, t.shape[-1]).movedim(1, -2)
+
+    out = fn(
+        heads_last(q), heads_last(k), heads_last(v), kernel_size=ks, dilation=dil, scale=_scale(q, scale)
+    )
+    return out.movedim(-2, 1).reshape(B, h, -1, out.shape[-1])
+
+
+def _dense_ok(device, dtype, tokens=0, dropout=False, needs_grad=False, **kw):
+    return not dropout and tokens <= (DENSE_MAX_TOKENS_TRAIN if needs_grad else DENSE_MAX_TOKENS)
+
+
+def _flex_ok(device, dtype, dropout=False, needs_grad=False, **kw):
+    if dropout or (needs_grad and device.type != "cuda"):  # FlexAttention has no backward on CPU
+        return False
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _natten_ok(device, dtype, has_rpb=False, dropout=False, **kw):
+    return (
+        device.type == "cuda"
+        and not has_rpb
+        and not dropout
+        and dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and has_module("natten")
+    )
+
+
+for _op in (_OP1, _OP2):
+    register(_op, "reference")(_na_gather)
+    register(_op, "sdpa", supports=_dense_ok)(_na_dense)
+    register(_op, "flex", supports=_flex_ok)(_na_flex)
+    register(_op, "natten", supports=_natten_ok)(_na_natten)
+
+
+# --------------------------------------------------------------------------------------------------------
+# public ops
+
+
+def _check_args(op: str, spatial: tuple[int, ...], heads: int, kernel_size, dilation, rpb) -> None:
+    odd_int = isinstance(kernel_size, int) and not isinstance(kernel_size, bool) and kernel_size % 2 == 1
+    if not odd_int or kernel_size < 3:
+        raise ValueError(f"{op}: kernel_size must be an odd int > 1 (3, 5, 7, ...), got {kernel_size!r}")
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"{op}: dilation must be an int >= 1, got {dilation!r}")
+    need = kernel_size * dilation
+    if any(s < need for s in spatial):
+        raise ValueError(
+            f"{op}: map {'x'.join(map(str, spatial))} is smaller than kernel_size*dilation = "
+            f"{kernel_size}*{dilation} = {need} along some axis, so a dilation group would hold fewer than "
+            f"kernel_size positions; zero-pad the map to at least {need} (NeighborhoodAttention2D/1D do, "
+            "like legacy NATTEN) or use a smaller kernel/dilation"
+        )
+    if rpb is not None:
+        want = (heads,) + (2 * kernel_size - 1,) * len(spatial)
+        if tuple(rpb.shape) != want:
+            raise ValueError(
+                f"{op}: rpb must have shape {list(want)} ([heads, 2k-1, ...]), got {list(rpb.shape)}"
+            )
+
+
+def _run(op, q, k, v, spatial, kernel_size, dilation, rpb, scale, attn_drop):
+    B, h = q.shape[:2]
+    n = 1
+    for s in spatial:
+        n *= s
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb))
+    kw = {"tokens": n, "has_rpb": rpb is not None, "dropout": attn_drop > 0.0, "needs_grad": needs_grad}
+    impl = select(op, q.device, q.dtype, **kw)
+    flat = [t.reshape(B, h, n, t.shape[-1]) for t in (q, k, v)]
+    rpb_flat = None if rpb is None else rpb.reshape(h, -1).to(q.dtype)
+    out = impl.fn(*flat, tuple(spatial), kernel_size, dilation, rpb_flat, scale, attn_drop)
+    return out.reshape(*q.shape[:-1], v.shape[-1])
+
+
+def _validate(op, q, k, v, ndim, layout, rpb):
+    check_qkv(op, q, k, v, ndim, layout)
+    if k.shape[:-1] != q.shape[:-1] or v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(
+            f"{op}: q, k, v must share {layout} except v's last dim, got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    check_finite(op, q=q, k=k, v=v, rpb=rpb)
+
+
+def neighborhood_attention2d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    attn_drop: float = 0.0,
+) -> torch.Tensor:
+    """2-D (dilated) neighborhood attention with legacy NATTEN semantics (see the module docstring).
+
+    Args:
+        q, k: ``[B, heads, H, W, d]``; v: ``[B, heads, H, W, dv]``.
+        kernel_size: odd window side ``k > 1``; dilation: ``d >= 1``. ``H, W >= k·d`` is required.
+        rpb: optional relative position bias ``[heads, 2k-1, 2k-1]``.
+        scale: logit scale, default ``d ** -0.5``.
+        attn_drop: dropout on the attention weights (applied whenever > 0; pass 0 in eval).
+    Returns:
+        ``[B, heads, H, W, dv]``.
+    """
+    _validate(_OP2, q, k, v, 5, "[B, heads, H, W, d]", rpb)
+    _check_args(_OP2, tuple(q.shape[2:4]), q.shape[1], kernel_size, dilation, rpb)
+    return _run(_OP2, q, k, v, tuple(q.shape[2:4]), kernel_size, dilation, rpb, scale, attn_drop)
+
+
+def neighborhood_attention1d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    attn_drop: float = 0.0,
+) -> torch.Tensor:
+    """1-D (dilated) neighborhood attention: q, k ``[B, heads, L, d]``, v ``[B, heads, L, dv]``,
+    rpb ``[heads, 2k-1]``; ``L >= k·d``. Returns ``[B, heads, L, dv]``. Semantics as
+    :func:`neighborhood_attention2d` along one axis."""
+    _validate(_OP1, q, k, v, 4, "[B, heads, L, d]", rpb)
+    _check_args(_OP1, (q.shape[2],), q.shape[1], kernel_size, dilation, rpb)
+    return _run(_OP1, q, k, v, (q.shape[2],), kernel_size, dilation, rpb, scale, attn_drop)
