@@ -156,6 +156,9 @@ def test_flex_forced_on_cpu_matches_reference_forward(H, W, regions, topk):
 
 def test_flex_with_gradients_on_cpu_falls_back_to_sdpa():
     q, k, v = _qkv(grad=True)
+    with torch.no_grad(), ops.use_backend("flex"):  # inputs that require grad, but no grad mode: flex runs
+        ops.routed_attention(q, k, v, 3, 2)
+    assert ops.last_path("routed_attention") == "flex"
     with ops.use_backend("flex"):
         out = ops.routed_attention(q, k, v, 3, 2)
     assert ops.last_path("routed_attention") == "sdpa"

@@ -1,7 +1,8 @@
 """Neighborhood attention (NAT) and dilated neighborhood attention (DiNAT), legacy NATTEN semantics.
 
 Each query attends to a ``k x k`` window of keys (``k`` along a 1-D sequence) around it. Semantics are those
-of NATTEN <= 0.17 (``natten2dqkrpb``/``natten2dav``), which the official NAT/DiNAT weights were trained with:
+of the legacy NATTEN kernels (<= 0.17, ``natten2dqkrpb``/``natten2dav``; window and bias start per position as
+in v0.14.6 ``csrc/cpu/natten_cpu_commons.h``), which the official NAT/DiNAT weights were trained with:
 
 - Window clamped, not padded: along an axis of length ``L`` the window of position ``i`` is shifted to stay
   inside the axis, so every query sees exactly ``k`` keys per axis (near the border the query is off-centre).
@@ -18,17 +19,17 @@ Every group must hold at least ``k`` positions, i.e. each axis must be ``>= kern
 module (``NeighborhoodAttention2D`` <= 0.14) zero-pads smaller maps at the bottom/right *before* its qkv
 projection and crops after; :class:`zoo.layers.NeighborhoodAttention2D` does the same.
 
-Paths (``zoo.ops.use_backend`` forces one; every path matches ``reference`` forward and backward):
+Paths (``zoo.ops.use_backend`` forces one; each matches ``reference`` forward and backward where it runs):
 
 - ``reference``: gathers the ``k·k`` neighbours of every query (one index gather on K and V), then a
   per-query softmax. Memory ``O(N·k²·d)``, no ``O(N²)`` term. Plain PyTorch, ONNX-exportable.
 - ``sdpa``: the window as a dense additive mask (``-inf`` outside, RPB inside) over all ``N x N`` pairs,
-  run through :func:`zoo.ops.attention` (fused SDPA). ``O(N²)`` compute and memory, but fastest on CPU
+  run through :func:`zoo.ops.attention` (fused SDPA; ONNX-exportable too). ``O(N²)``, but fastest on CPU
   for small maps; auto-selected while ``N = H·W <= DENSE_MAX_TOKENS`` (``DENSE_MAX_TOKENS_TRAIN`` when
   gradients are needed; measured CPU crossovers), else the dispatcher falls to ``reference``.
 - ``flex``: ``torch.nn.attention.flex_attention`` with a neighbourhood ``mask_mod`` (block-sparse) and a
-  ``score_mod`` adding the RPB. Chosen automatically on CUDA only (compiled there); runs eagerly on CPU when
-  forced (tests).
+  ``score_mod`` adding the RPB. Chosen automatically on CUDA only (compiled there). On CPU it runs eagerly
+  when forced, forward only (FlexAttention has no CPU backward): with gradients it falls back.
 - ``natten``: NATTEN >= 0.21 fused kernels (``natten.na2d``/``na1d``, heads-last layout); CUDA only,
   ``rpb is None`` only (NATTEN >= 0.20 dropped RPB) and no attention dropout.
 
@@ -49,7 +50,7 @@ __all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood
 
 # On CPU the dense-mask SDPA path is the default for maps of at most this many tokens (N = H·W), larger ones
 # take the gather (reference) path. Measured at NAT-mini stage shapes (k=7, d=32, B=1): dense wins the forward
-# up to ~20x20 and forward+backward up to ~28x28; gather wins at 56x56 (see the helper report / bench).
+# up to ~20x20 and forward+backward up to ~28x28; gather wins at 56x56.
 DENSE_MAX_TOKENS = 400
 DENSE_MAX_TOKENS_TRAIN = 1024
 

@@ -22,7 +22,7 @@ Paths (all take the same routing indices, so they agree wherever the routing doe
   all tokens region-major, a bool block mask from the indices, one dense SDPA call): it does ``R/topk``
   times the arithmetic but avoids ``B·R`` tiny per-region problems, and was faster at BiFormer-T stage 3
   (14², 4-token regions, topk 16). Larger regions → the gather form with the fused SDPA kernel per
-  region (the mask form was 10-50× slower there); when gradients are needed on CPU the explicit product
+  region (the mask form was 4-25× slower there); when gradients are needed on CPU the explicit product
   replaces the fused kernel, whose backward measured slower on these small per-region problems.
 - ``flex``: FlexAttention with a block mask from the indices. Auto-chosen on CUDA (compiled); on CPU it
   runs only when forced, eagerly and forward-only (torch has no CPU flex backward; with gradients the
@@ -132,7 +132,7 @@ def routed_attention_reference(q, k, v, num_regions, topk, scale, indices=None):
     return from_regions(out, num_regions, (q.shape[2], q.shape[3]))
 
 
-# Regions of fewer tokens than this run in the mask form on the sdpa path (see the module docstring).
+# Regions of at most this many tokens run in the mask form on the sdpa path (see the module docstring).
 MASK_FORM_MAX_REGION_TOKENS = 15
 
 
@@ -224,6 +224,9 @@ def routed_attention_flex(q, k, v, num_regions, topk, scale, indices=None):
     def mask_mod(b, hh, q_idx, kv_idx):
         return keep[b, q_idx // n, kv_idx // n]
 
+    if q.device.type == "cpu" and not torch.is_grad_enabled():
+        # CPU flex refuses inputs that require grad even under no_grad; nothing is differentiated here.
+        q, k, v = q.detach(), k.detach(), v.detach()
     qt, kt, vt = (_region_major_tokens(t, num_regions) for t in (q, k, v))
     N = H * W
     on_cuda = q.device.type == "cuda"
