@@ -1,6 +1,9 @@
 """The families, registered with timm on import. See :mod:`zoo.models._base` for the shared skeleton."""
 
-from . import crossformer  # noqa: F401  (registers the CrossFormer models with timm)
+from . import (
+    crossformer,  # noqa: F401  (registers the CrossFormer models with timm)
+    maxvit,  # noqa: F401  (registers the MaxViT models with timm)
+)
 from ._base import (
     BLOCKS,
     DOWNSAMPLERS,
