@@ -1,6 +1,7 @@
 """The families, registered with timm on import. See :mod:`zoo.models._base` for the shared skeleton."""
 
 from . import (
+    agent,  # noqa: F401  (registers the Agent-Swin/PVT/DeiT models with timm)
     crossformer,  # noqa: F401  (registers the CrossFormer models with timm)
     maxvit,  # noqa: F401  (registers the MaxViT models with timm)
 )
