@@ -4,6 +4,7 @@ from . import (
     agent,  # noqa: F401  (registers the Agent-Swin/PVT/DeiT models with timm)
     crossformer,  # noqa: F401  (registers the CrossFormer models with timm)
     maxvit,  # noqa: F401  (registers the MaxViT models with timm)
+    nat,  # noqa: F401  (registers the NAT/DiNAT/DiNAT_s models with timm)
 )
 from ._base import (
     BLOCKS,

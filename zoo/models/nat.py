@@ -1,0 +1,505 @@
+"""NAT (CVPR 2023), DiNAT and DiNAT_s: hierarchical transformers built on (dilated) neighborhood attention.
+
+* **NAT**: ``ConvTokenizer`` stem (two 3×3 stride-2 convs, LayerNorm), four levels of pre-norm blocks whose
+  mixer is 7×7 neighborhood attention with a relative position bias (``rpb``), 3×3 stride-2 conv
+  downsamplers (no bias, LayerNorm) between levels, final LayerNorm, average pool, linear head. Small/Base
+  use layer scale 1e-5 (official ``gamma1``/``gamma2``).
+* **DiNAT**: NAT with a per-block dilation schedule (e.g. ``[1, 8, 1]``, ``[1, 4, 1, 4]``, ``[1, 2, ...]``,
+  ``[1, ...]`` at 224²); only DiNAT-Base uses layer scale.
+* **DiNAT_s**: the Swin-like variant: 4×4 patch-embedding stem, Swin patch merging between levels, MLP ratio
+  4, dilations alternating ``1, d`` per level, no layer scale.
+
+Maps smaller than ``kernel · dilation`` are zero-padded by the mixer (legacy NATTEN behaviour, see
+:class:`~zoo.layers.NeighborhoodAttention2D`), so any input ≥ 32 px works; nothing is resized.
+
+Official code: SHI-Labs/Neighborhood-Attention-Transformer (commit d334f5b) ``classification/nat.py``,
+``classification/dinat.py``, ``classification/dinats.py``. Official keys: ``patch_embed.*``,
+``levels.{i}.blocks.{j}.{norm1, attn.{qkv, rpb, proj}, norm2, mlp.fc1, mlp.fc2, gamma1, gamma2}``,
+``levels.{i}.downsample.{reduction, norm}`` (end of level ``i``), ``norm``, ``head`` (DiNAT_s: ``layers.``
+instead of ``levels.``, downsample ``{norm, reduction}`` a Linear).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import generate_default_cfgs, register_model
+from torch import nn
+
+from ..layers import (
+    Block,
+    ConvDownsampler,
+    ConvTokenizer,
+    NeighborhoodAttention2D,
+    PatchEmbed,
+    PatchMerging,
+    resize_rel_pos_bias_table,
+)
+from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+
+__all__ = ["VARIANTS", "checkpoint_filter_fn", "nat_cfg", "nat_cfg_from_official", "parity_model"]
+
+
+# ------------------------------------------------------------------------------------------------ parts
+@register_stem("nat")
+def _nat_stem(in_chans: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
+    """NAT ``ConvTokenizer``: conv3×3/2 → conv3×3/2 → LayerNorm (keys ``proj.0``, ``proj.1``, ``norm``)."""
+    return ConvTokenizer(in_chans, out_dim, device=device, dtype=dtype)
+
+
+@register_stem("nat_patch")
+def _nat_patch_stem(in_chans: int, out_dim: int, *, patch_size: int = 4, device=None, dtype=None) -> nn.Module:
+    """DiNAT_s ``PatchEmbed``: conv ``p×p`` stride ``p`` (input zero-padded to a multiple) → LayerNorm."""
+    return PatchEmbed(in_chans, out_dim, patch_size=patch_size, device=device, dtype=dtype)
+
+
+@register_downsampler("nat")
+def _nat_down(in_dim: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
+    """NAT ``ConvDownsampler``: conv3×3/2 (no bias) → LayerNorm."""
+    return ConvDownsampler(in_dim, out_dim, device=device, dtype=dtype)
+
+
+@register_downsampler("nat_merge")
+def _nat_merge(in_dim: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
+    """DiNAT_s Swin ``PatchMerging``: 2×2 concat → LayerNorm(4C) → Linear (no bias)."""
+    return PatchMerging(in_dim, out_dim, device=device, dtype=dtype)
+
+
+@register_block("nat")
+def _nat_block(
+    dim: int,
+    *,
+    index: int,
+    depth: int,
+    stage: int,
+    drop_path: float,
+    num_heads: int,
+    kernel_size: int = 7,
+    dilations: Sequence[int] | None = None,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    qk_scale: float | None = None,
+    drop: float = 0.0,
+    attn_drop: float = 0.0,
+    layer_scale: float | None = None,
+    device=None,
+    dtype=None,
+) -> nn.Module:
+    """NAT/DiNAT layer: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` (optional layer scale); the mixer is
+    ``NeighborhoodAttention2D`` with dilation ``dilations[index]`` (1 when ``dilations`` is None)."""
+    dd = {"device": device, "dtype": dtype}
+    if dilations is not None and len(dilations) != depth:
+        raise ValueError(
+            f"nat block: stage {stage} has depth {depth} but {len(dilations)} dilations; give one per block"
+        )
+    mixer = NeighborhoodAttention2D(
+        dim, num_heads, kernel_size, dilation=1 if dilations is None else int(dilations[index]),
+        qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop, **dd,
+    )
+    return Block(dim, mixer, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path, layer_scale=layer_scale, **dd)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def nat_cfg(
+    embed_dim: int,
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    mlp_ratio: float = 4.0,
+    kernel_size: int = 7,
+    dilations: Sequence[Sequence[int]] | None = None,
+    layer_scale: float | None = None,
+    qkv_bias: bool = True,
+    qk_scale: float | None = None,
+    drop: float = 0.0,
+    attn_drop: float = 0.0,
+    drop_path_rate: float = 0.2,
+    swin_like: bool = False,
+    patch_size: int = 4,
+) -> NetCfg:
+    """The :class:`NetCfg` of a NAT / DiNAT (``swin_like=False``) or DiNAT_s (``swin_like=True``).
+
+    Level ``i`` has width ``embed_dim · 2**i``; ``dilations`` is one list per level with one dilation per
+    block (None: NAT, all 1). ``layer_scale`` None disables layer scale.
+    """
+    n = len(depths)
+    if len(num_heads) != n:
+        raise ValueError(f"nat_cfg: {len(num_heads)} num_heads for {n} stages; give one per stage")
+    if dilations is not None:
+        if len(dilations) != n or any(len(d) != k for d, k in zip(dilations, depths)):
+            raise ValueError(
+                f"nat_cfg: dilations {dilations} must hold one list per stage with one value per block "
+                f"(depths {list(depths)})"
+            )
+    stages = []
+    for i in range(n):
+        stages.append(
+            StageCfg(
+                depth=int(depths[i]),
+                dim=int(embed_dim * 2**i),
+                block="nat",
+                block_kwargs=dict(
+                    num_heads=int(num_heads[i]), kernel_size=int(kernel_size),
+                    dilations=None if dilations is None else tuple(int(d) for d in dilations[i]),
+                    mlp_ratio=float(mlp_ratio), qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop,
+                    attn_drop=attn_drop, layer_scale=layer_scale,
+                ),
+                downsample=None if i == 0 else ("nat_merge" if swin_like else "nat"),
+            )
+        )
+    return NetCfg(
+        stem="nat_patch" if swin_like else "nat",
+        stem_kwargs=dict(patch_size=patch_size) if swin_like else {},
+        stages=tuple(stages),
+        norm="layernorm",
+        norm_eps=1e-5,
+        head="classifier",
+        drop_path_rate=drop_path_rate,
+        no_weight_decay=("rpb",),  # official no_weight_decay_keywords() == {"rpb"}
+        min_input_size=32,
+    )
+
+
+def nat_cfg_from_official(
+    official_kwargs: dict[str, Any], swin_like: bool = False
+) -> tuple[NetCfg, dict[str, Any]]:
+    """Zoo config for the official ``NAT``/``DiNAT`` (or ``DiNAT_s`` with ``swin_like``) constructor kwargs.
+
+    Returns ``(cfg, model_kwargs)`` with ``num_classes`` and ``in_chans``.
+    """
+    kw = dict(official_kwargs)
+    model_kwargs = dict(num_classes=kw.pop("num_classes", 1000), in_chans=kw.pop("in_chans", 3))
+    kw.pop("img_size", None)
+    if kw.pop("patch_norm", True) is not True:
+        raise ValueError("nat: official option patch_norm=False is not supported")
+    known = dict(
+        embed_dim=kw.pop("embed_dim", 96 if swin_like else None), depths=kw.pop("depths", None),
+        num_heads=kw.pop("num_heads", None), mlp_ratio=kw.pop("mlp_ratio", 4.0),
+        kernel_size=kw.pop("kernel_size", 7), dilations=kw.pop("dilations", None),
+        layer_scale=kw.pop("layer_scale", None), qkv_bias=kw.pop("qkv_bias", True),
+        qk_scale=kw.pop("qk_scale", None), drop=kw.pop("drop_rate", 0.0),
+        attn_drop=kw.pop("attn_drop_rate", 0.0), drop_path_rate=kw.pop("drop_path_rate", 0.2),
+        swin_like=swin_like, patch_size=kw.pop("patch_size", 4),
+    )
+    if kw:
+        raise ValueError(f"nat: unknown official constructor arguments {sorted(kw)}")
+    missing = [k for k in ("embed_dim", "depths", "num_heads") if known[k] is None]
+    if missing:
+        raise ValueError(f"nat: official kwargs lack {missing} (the NAT constructor requires them)")
+    if swin_like and known["layer_scale"] is not None:
+        raise ValueError("nat: DiNAT_s has no layer scale")
+    return nat_cfg(**known), model_kwargs
+
+
+_D7 = ([1, 8, 1], [1, 4, 1, 4], [1, 2] * 3, [1] * 5)
+_D18 = ([1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5)
+_DS6 = ([1, 8], [1, 4], [1, 2] * 3, [1, 1])
+_DS18 = ([1, 8], [1, 4], [1, 2] * 9, [1, 1])
+_T, _S, _B, _L = (2, 4, 8, 16), (3, 6, 12, 24), (4, 8, 16, 32), (6, 12, 24, 48)
+
+
+def _v(embed_dim, depths, heads, mlp_ratio, dpr, dilations=None, layer_scale=None, swin_like=False) -> dict:
+    return dict(embed_dim=embed_dim, depths=depths, num_heads=heads, mlp_ratio=mlp_ratio, drop_path_rate=dpr,
+                dilations=dilations, layer_scale=layer_scale, swin_like=swin_like)
+
+
+# name -> kwargs of nat_cfg (classification/nat.py, dinat.py, dinats.py @register_model functions)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "nat_nano": _v(32, (2, 2, 6, 2), (1, 2, 4, 8), 3, 0.1),  # zoo addition
+    "nat_mini": _v(64, (3, 4, 6, 5), _T, 3, 0.2),
+    "nat_tiny": _v(64, (3, 4, 18, 5), _T, 3, 0.2),
+    "nat_small": _v(96, (3, 4, 18, 5), _S, 2, 0.3, layer_scale=1e-5),
+    "nat_base": _v(128, (3, 4, 18, 5), _B, 2, 0.5, layer_scale=1e-5),
+    "dinat_nano": _v(32, (2, 2, 6, 2), (1, 2, 4, 8), 3, 0.1, _DS6),  # zoo addition
+    "dinat_mini": _v(64, (3, 4, 6, 5), _T, 3, 0.2, _D7),
+    "dinat_tiny": _v(64, (3, 4, 18, 5), _T, 3, 0.2, _D18),
+    "dinat_small": _v(96, (3, 4, 18, 5), _S, 2, 0.3, _D18),
+    "dinat_base": _v(128, (3, 4, 18, 5), _B, 2, 0.5, _D18, layer_scale=1e-5),
+    "dinat_large": _v(192, (3, 4, 18, 5), _L, 2, 0.35, _D18),
+    "dinat_s_tiny": _v(96, (2, 2, 6, 2), _S, 4, 0.2, _DS6, swin_like=True),
+    "dinat_s_small": _v(96, (2, 2, 18, 2), _S, 4, 0.3, _DS18, swin_like=True),
+    "dinat_s_base": _v(128, (2, 2, 18, 2), _B, 4, 0.5, _DS18, swin_like=True),
+    "dinat_s_large": _v(192, (2, 2, 18, 2), _L, 4, 0.35, _DS18, swin_like=True),
+}
+
+
+# -------------------------------------------------------------------------------------------- converter
+_BLOCK_PART = r"norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2"
+# official regex -> zoo template; (NAT/DiNAT "levels", DiNAT_s "layers")
+_KEY_MAP: list[tuple[re.Pattern, Any]] = [
+    (re.compile(r"^patch_embed\.(proj\.[01]|proj|norm)\.(weight|bias)$"), r"stem.\1.\2"),
+    (re.compile(rf"^(?:levels|layers)\.(\d+)\.blocks\.(\d+)\.({_BLOCK_PART})\.(weight|bias)$"),
+     r"stages.\1.blocks.\2.\3.\4"),
+    (re.compile(r"^(?:levels|layers)\.(\d+)\.blocks\.(\d+)\.attn\.rpb$"), r"stages.\1.blocks.\2.attn.rpb"),
+    (re.compile(r"^(?:levels|layers)\.(\d+)\.blocks\.(\d+)\.gamma([12])$"), r"stages.\1.blocks.\2.ls\3.gamma"),
+    (re.compile(r"^(?:levels|layers)\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$"),
+     lambda m: f"stages.{int(m.group(1)) + 1}.downsample.{m.group(2)}.{m.group(3)}"),
+    (re.compile(r"^norm\.(weight|bias)$"), r"norm.\1"),
+    (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
+]
+
+# marker key prefixes/substrings of the zoo's other families' official checkpoints
+_OTHER_FAMILIES = [
+    ("maxvit", ("stem.conv1.", "head.pre_logits.")),
+    ("biformer", ("downsample_layers.", "attn.router")),
+    ("crossformer", ("patch_embed.projs.", "attn.pos.pos_proj")),
+    ("agent", ("attn.agent", "patch_embed1.", "cls_token", "an_bias")),
+]
+
+
+def _unwrap(state_dict: dict) -> dict:
+    for key in ("model", "state_dict_ema", "state_dict"):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            return state_dict[key]
+    return state_dict
+
+
+def _guess_family(keys: list[str]) -> str | None:
+    for name, markers in _OTHER_FAMILIES:
+        if any(k.startswith(m) or m in k for k in keys for m in markers):
+            return name
+    return None
+
+
+def _map_key(key: str) -> str | None:
+    for pattern, target in _KEY_MAP:
+        m = pattern.match(key)
+        if m:
+            return target(m) if callable(target) else m.expand(target)
+    return None
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Official NAT / DiNAT / DiNAT_s checkpoint → zoo state dict (strict, explicit key map).
+
+    Accepts a plain state dict or one wrapped in ``model`` / ``state_dict_ema`` / ``state_dict``. Renames
+    ``patch_embed`` → ``stem``, ``levels``/``layers`` → ``stages``, ``gamma1/2`` → ``ls1/2.gamma``, moves
+    ``levels.i.downsample`` to ``stages.{i+1}.downsample`` and ``head`` to ``head.fc``. A zoo-layout dict is
+    checked and returned. With ``model``: ``rpb`` tables of another kernel size are resized (bicubic, as the
+    official 11×11 checkpoints were made); raises a ValueError naming every official key without a mapping,
+    every zoo key nothing mapped to and every shape mismatch (``head.fc`` is left to timm).
+    """
+    sd = _unwrap(state_dict)
+    keys = list(sd)
+    if any(k.startswith("stem.") for k in keys) and any(k.startswith("stages.") for k in keys):
+        out = dict(sd)  # already zoo layout
+    else:
+        if not any(k.startswith(("levels.", "layers.")) and k.endswith("attn.rpb") for k in keys):
+            guess = _guess_family(keys)
+            hint = f"; it looks like a {guess!r} checkpoint: load it with that family" if guess else "."
+            raise ValueError(
+                "checkpoint_filter_fn(nat): not a NAT/DiNAT checkpoint (no 'levels.*.attn.rpb' / "
+                f"'layers.*.attn.rpb' keys; first keys {keys[:3]}){hint}"
+            )
+        out, unmatched = {}, []
+        for k, v in sd.items():
+            new = _map_key(k)
+            if new is None:
+                unmatched.append(k)
+            else:
+                out[new] = v
+        if unmatched:
+            raise ValueError(
+                f"checkpoint_filter_fn(nat): {len(unmatched)} official keys have no mapping "
+                f"(another model or an unsupported option?): {unmatched}"
+            )
+    if model is not None:
+        expected = model.state_dict()
+        for k, v in list(out.items()):
+            if k.endswith("attn.rpb") and k in expected and v.shape != expected[k].shape:
+                if v.dim() == 3 and v.shape[0] == expected[k].shape[0]:
+                    new_k = (expected[k].shape[1] + 1) // 2
+                    out[k] = resize_rel_pos_bias_table(v, new_k, mode="bicubic")
+        problems = []
+        missing = [k for k in expected if k not in out and not k.startswith("head.fc.")]
+        extra = [k for k in out if k not in expected and not k.startswith("head.fc.")]
+        if missing:
+            problems.append(f"zoo keys nothing mapped to: {missing}")
+        if extra:
+            problems.append(f"converted keys the model does not have: {extra}")
+        shapes = [
+            f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in out
+            if k in expected and not k.startswith("head.fc.") and out[k].shape != expected[k].shape
+        ]
+        if shapes:
+            problems.append(f"shape mismatches: {shapes}")
+        if problems:
+            raise ValueError(
+                "checkpoint_filter_fn(nat): the checkpoint does not fit the model (another variant? NAT vs "
+                "DiNAT_s? layer scale?); " + "; ".join(problems)
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ parity
+def parity_model(case: dict[str, Any]) -> nn.Module:
+    """The zoo model for an official-parity case: its variant, or the reduced config from ``official_kwargs``
+    (``DiNAT_s`` when ``official_model`` names it)."""
+    if case.get("variant"):
+        import timm
+
+        return timm.create_model(case["variant"], num_classes=case["num_classes"])
+    swin_like = "dinat_s" in str(case.get("official_model", "")).lower()
+    cfg, model_kwargs = nat_cfg_from_official(case["official_kwargs"], swin_like=swin_like)
+    model_kwargs["num_classes"] = case["num_classes"]
+    return Backbone(cfg, **model_kwargs)
+
+
+# -------------------------------------------------------------------------------------------------- timm
+_NAT_PAPER, _DINAT_PAPER = "arXiv:2204.07143", "arXiv:2209.15001"
+_CK = "https://shi-labs.com/projects"
+
+
+def _dcfg(url: str = "", swin_like: bool = False, **kw) -> dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "min_input_size": (3, 32, 32),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.proj" if swin_like else "stem.proj.0",
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_ids": _DINAT_PAPER,
+        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        **kw,
+    }
+
+
+# Release links from classification/nat.py, dinat.py and dinats.py (model_urls).
+default_cfgs = generate_default_cfgs({
+    "nat_nano": _dcfg(paper_ids=_NAT_PAPER),
+    "nat_mini.official_in1k": _dcfg(f"{_CK}/nat/checkpoints/CLS/nat_mini.pth", paper_ids=_NAT_PAPER),
+    "nat_tiny.official_in1k": _dcfg(f"{_CK}/nat/checkpoints/CLS/nat_tiny.pth", paper_ids=_NAT_PAPER),
+    "nat_small.official_in1k": _dcfg(f"{_CK}/nat/checkpoints/CLS/nat_small.pth", paper_ids=_NAT_PAPER),
+    "nat_base.official_in1k": _dcfg(f"{_CK}/nat/checkpoints/CLS/nat_base.pth", paper_ids=_NAT_PAPER),
+    "dinat_nano": _dcfg(),
+    "dinat_mini.official_in1k": _dcfg(f"{_CK}/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth"),
+    "dinat_tiny.official_in1k": _dcfg(f"{_CK}/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth"),
+    "dinat_small.official_in1k": _dcfg(f"{_CK}/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth"),
+    "dinat_base.official_in1k": _dcfg(f"{_CK}/dinat/checkpoints/imagenet1k/dinat_base_in1k_224.pth"),
+    "dinat_large.official_in22k_ft_in1k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_224.pth"
+    ),
+    "dinat_large.official_in22k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth", num_classes=21841
+    ),
+    "dinat_s_tiny.official_in1k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_tiny_in1k_224.pth", swin_like=True
+    ),
+    "dinat_s_small.official_in1k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth", swin_like=True
+    ),
+    "dinat_s_base.official_in1k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth", swin_like=True
+    ),
+    "dinat_s_large.official_in22k_ft_in1k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_in1k_224.pth", swin_like=True
+    ),
+    "dinat_s_large.official_in22k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet22k/dinat_s_large_in22k_224.pth", swin_like=True, num_classes=21841
+    ),
+})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    return build_backbone(variant, nat_cfg(**VARIANTS[variant]), pretrained, filter_fn=checkpoint_filter_fn,
+                          **kwargs)
+
+
+@register_model
+def nat_nano(pretrained: bool = False, **kwargs) -> nn.Module:
+    """NAT-nano (zoo addition): embed 32, depths 2/2/6/2, heads 1/2/4/8, MLP ratio 3, kernel 7."""
+    return _create("nat_nano", pretrained, **kwargs)
+
+
+@register_model
+def nat_mini(pretrained: bool = False, **kwargs) -> nn.Module:
+    """NAT-Mini (20 M): embed 64, depths 3/4/6/5, heads 2/4/8/16, MLP ratio 3, kernel 7."""
+    return _create("nat_mini", pretrained, **kwargs)
+
+
+@register_model
+def nat_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
+    """NAT-Tiny (28 M): embed 64, depths 3/4/18/5, heads 2/4/8/16, MLP ratio 3, kernel 7."""
+    return _create("nat_tiny", pretrained, **kwargs)
+
+
+@register_model
+def nat_small(pretrained: bool = False, **kwargs) -> nn.Module:
+    """NAT-Small (51 M): embed 96, depths 3/4/18/5, heads 3/6/12/24, MLP ratio 2, layer scale 1e-5."""
+    return _create("nat_small", pretrained, **kwargs)
+
+
+@register_model
+def nat_base(pretrained: bool = False, **kwargs) -> nn.Module:
+    """NAT-Base (90 M): embed 128, depths 3/4/18/5, heads 4/8/16/32, MLP ratio 2, layer scale 1e-5."""
+    return _create("nat_base", pretrained, **kwargs)
+
+
+@register_model
+def dinat_nano(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT-nano (zoo addition): NAT-nano with dilations 1,8 / 1,4 / 1,2,... / 1,1."""
+    return _create("dinat_nano", pretrained, **kwargs)
+
+
+@register_model
+def dinat_mini(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT-Mini (20 M): NAT-Mini with dilations [1,8,1] / [1,4,1,4] / [1,2]*3 / [1]*5."""
+    return _create("dinat_mini", pretrained, **kwargs)
+
+
+@register_model
+def dinat_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT-Tiny (28 M): NAT-Tiny with dilations [1,8,1] / [1,4,1,4] / [1,2]*9 / [1]*5."""
+    return _create("dinat_tiny", pretrained, **kwargs)
+
+
+@register_model
+def dinat_small(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT-Small (51 M): embed 96, heads 3/6/12/24, MLP ratio 2, no layer scale; dilations as Tiny."""
+    return _create("dinat_small", pretrained, **kwargs)
+
+
+@register_model
+def dinat_base(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT-Base (90 M): embed 128, heads 4/8/16/32, MLP ratio 2, layer scale 1e-5; dilations as Tiny."""
+    return _create("dinat_base", pretrained, **kwargs)
+
+
+@register_model
+def dinat_large(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT-Large (200 M): embed 192, heads 6/12/24/48, MLP ratio 2; dilations for 224² (as Tiny)."""
+    return _create("dinat_large", pretrained, **kwargs)
+
+
+@register_model
+def dinat_s_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT_s-Tiny (28 M): Swin-T layout (patch stem, patch merging, 2/2/6/2, MLP 4), dilations 1,d."""
+    return _create("dinat_s_tiny", pretrained, **kwargs)
+
+
+@register_model
+def dinat_s_small(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT_s-Small (50 M): Swin-S layout (embed 96, depths 2/2/18/2, heads 3/6/12/24)."""
+    return _create("dinat_s_small", pretrained, **kwargs)
+
+
+@register_model
+def dinat_s_base(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT_s-Base (88 M): Swin-B layout (embed 128, depths 2/2/18/2, heads 4/8/16/32)."""
+    return _create("dinat_s_base", pretrained, **kwargs)
+
+
+@register_model
+def dinat_s_large(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT_s-Large (197 M): Swin-L layout (embed 192, depths 2/2/18/2, heads 6/12/24/48)."""
+    return _create("dinat_s_large", pretrained, **kwargs)
