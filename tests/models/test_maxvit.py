@@ -198,3 +198,12 @@ def test_official_kwargs_errors_and_classifier_head():
     model = MaxViT(cfg, num_classes=3)
     assert cfg.head == "classifier" and isinstance(model.norm, torch.nn.LayerNorm)
     assert model(torch.randn(1, 3, 40, 40)).shape == (1, 3)
+
+
+def test_prune_head_drops_norm_mlp_layers():
+    model = timm.create_model("maxvit_nano")
+    model.prune_intermediate_layers([3], prune_norm=True)
+    assert model.num_classes == 0 and model.head_hidden_size == 256
+    assert not list(model.head.parameters())  # no pre-logits layer / head norm left unused
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 2, 256)  # unpooled, channels-last

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import NormMlpClassifierHead
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
@@ -337,6 +338,17 @@ class MaxViT(Backbone):
         ``output_fmt`` (NHWC)."""
         out = super().forward_head(x, pre_logits)
         return out.permute(0, 2, 3, 1) if out.dim() == 4 else out
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """As the skeleton's; pruning the head also drops the norm-MLP head's norm and pre-logits layer (as
+        timm's ``MaxxVit``), so a pruned model has no parameters left unused."""
+        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        if prune_head and isinstance(self.head, NormMlpClassifierHead) and self.head.hidden_size:
+            self.head.reset(0, reset_other=True)
+            self.head_hidden_size = self.head.num_features
+        return take_indices
 
 
 # -------------------------------------------------------------------------------------------- converter
