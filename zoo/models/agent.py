@@ -45,6 +45,7 @@ from ..layers import (
     RelPosBias,
 )
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ._convert import map_key, unwrap_state_dict
 
 __all__ = [
     "AgentVisionTransformer",
@@ -686,13 +687,6 @@ _OTHER_FAMILIES = [
 ]
 
 
-def _unwrap(state_dict: dict) -> dict:
-    for key in ("model", "state_dict_ema", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            return state_dict[key]
-    return state_dict
-
-
 def _layout(keys: list[str]) -> str | None:
     """Which official (or zoo) layout a state dict is in."""
     ks = set(keys)
@@ -712,13 +706,11 @@ def _map_keys(sd: dict, table: list[tuple[re.Pattern, Any]]) -> tuple[dict, list
     for k, v in sd.items():
         if _DROP.match(k):
             continue
-        for pattern, target in table:
-            m = pattern.match(k)
-            if m:
-                out[target(m) if callable(target) else m.expand(target)] = v
-                break
-        else:
+        new = map_key(k, table)
+        if new is None:
             unmatched.append(k)
+        else:
+            out[new] = v
     return out, unmatched
 
 
@@ -769,7 +761,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     model's training size, then every zoo key nothing mapped to, every extra key and every shape mismatch
     is named in one ValueError (the classifier is left to timm, which drops it when ``num_classes`` differs).
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     keys = list(sd)
     layout = _layout(keys)
     if layout is None:

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..layers import Block, CrossScaleEmbedding, DynamicPosBias, PartitionAttention
 from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ._convert import guess_family, map_key, unwrap_state_dict
 
 __all__ = [
     "CrossFormerAttention",
@@ -357,28 +358,6 @@ _OTHER_FAMILIES = [
 ]
 
 
-def _unwrap(state_dict: dict) -> dict:
-    for key in ("model", "state_dict_ema", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            return state_dict[key]
-    return state_dict
-
-
-def _guess_family(keys: list[str]) -> str | None:
-    for name, markers in _OTHER_FAMILIES:
-        if any(k.startswith(m) or m in k for k in keys for m in markers):
-            return name
-    return None
-
-
-def _map_key(key: str) -> str | None:
-    for pattern, target in _KEY_MAP:
-        m = pattern.match(key)
-        if m:
-            return target(m) if callable(target) else m.expand(target)
-    return None
-
-
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Official CrossFormer/CrossFormer++ checkpoint → zoo state dict (strict, explicit key map).
 
@@ -390,13 +369,13 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     to and every shape mismatch (the classifier ``head.fc`` is left to timm, which drops it when
     ``num_classes`` differs). No tensor depends on the resolution (the position bias is an MLP).
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     keys = list(sd)
     if any(k.startswith("stem.projs.") for k in keys) and any(k.startswith("stages.") for k in keys):
         out = dict(sd)  # already zoo layout
     else:
         if not any(k.startswith("patch_embed.projs.") for k in keys):
-            guess = _guess_family(keys)
+            guess = guess_family(keys, _OTHER_FAMILIES)
             hint = f"; it looks like a {guess!r} checkpoint: load it with that family" if guess else "."
             raise ValueError(
                 "checkpoint_filter_fn(crossformer): not a CrossFormer checkpoint (no 'patch_embed.projs.*' "
@@ -406,7 +385,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
         for k, v in sd.items():
             if _DROP.match(k):
                 continue
-            new = _map_key(k)
+            new = map_key(k, _KEY_MAP)
             if new is None:
                 unmatched.append(k)
             else:

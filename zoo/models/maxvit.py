@@ -32,6 +32,7 @@ from torch import nn
 
 from ..layers import Block, MaxViTStem, MBConv, PartitionAttention, RelPosBias, resize_rel_pos_bias_tables
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_stem
+from ._convert import guess_family, unwrap_state_dict
 
 __all__ = [
     "MaxViT",
@@ -378,20 +379,6 @@ _OTHER_FAMILIES = [
 ]
 
 
-def _unwrap(state_dict: dict) -> dict:
-    for key in ("model", "state_dict_ema", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            return state_dict[key]
-    return state_dict
-
-
-def _guess_family(keys: list[str]) -> str | None:
-    for name, markers in _OTHER_FAMILIES:
-        if any(k.startswith(m) or m in k for k in keys for m in markers):
-            return name
-    return None
-
-
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """timm/TF MaxViT checkpoint (``maxvit_*_tf_*``, e.g. the hub's ``timm/maxvit_tiny_tf_224.in1k``) → zoo
     state dict (strict, explicit key map — the layouts coincide).
@@ -404,10 +391,10 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     model) are resized as timm does (geometric interpolation); missing BatchNorm ``num_batches_tracked`` are
     filled with 0.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     keys = list(sd)
     if not any(k.startswith("stem.conv1.") for k in keys):
-        guess = _guess_family(keys)
+        guess = guess_family(keys, _OTHER_FAMILIES)
         hint = f"; it looks like a {guess!r} checkpoint, load it with that family's model" if guess else ""
         raise ValueError(
             f"checkpoint_filter_fn(maxvit): not a MaxViT checkpoint (no 'stem.conv1.*' keys; first keys "

@@ -40,6 +40,7 @@ from ..layers import (
     resize_rel_pos_bias_table,
 )
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ._convert import guess_family, map_key, unwrap_state_dict
 
 __all__ = ["VARIANTS", "checkpoint_filter_fn", "nat_cfg", "nat_cfg_from_official", "parity_model"]
 
@@ -250,28 +251,6 @@ _OTHER_FAMILIES = [
 ]
 
 
-def _unwrap(state_dict: dict) -> dict:
-    for key in ("model", "state_dict_ema", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            return state_dict[key]
-    return state_dict
-
-
-def _guess_family(keys: list[str]) -> str | None:
-    for name, markers in _OTHER_FAMILIES:
-        if any(k.startswith(m) or m in k for k in keys for m in markers):
-            return name
-    return None
-
-
-def _map_key(key: str) -> str | None:
-    for pattern, target in _KEY_MAP:
-        m = pattern.match(key)
-        if m:
-            return target(m) if callable(target) else m.expand(target)
-    return None
-
-
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Official NAT / DiNAT / DiNAT_s checkpoint → zoo state dict (strict, explicit key map).
 
@@ -282,13 +261,13 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     official 11×11 checkpoints were made); raises a ValueError naming every official key without a mapping,
     every zoo key nothing mapped to and every shape mismatch (``head.fc`` is left to timm).
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     keys = list(sd)
     if any(k.startswith("stem.") for k in keys) and any(k.startswith("stages.") for k in keys):
         out = dict(sd)  # already zoo layout
     else:
         if not any(k.startswith(("levels.", "layers.")) and k.endswith("attn.rpb") for k in keys):
-            guess = _guess_family(keys)
+            guess = guess_family(keys, _OTHER_FAMILIES)
             hint = f"; it looks like a {guess!r} checkpoint: load it with that family" if guess else "."
             raise ValueError(
                 "checkpoint_filter_fn(nat): not a NAT/DiNAT checkpoint (no 'levels.*.attn.rpb' / "
@@ -296,7 +275,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
             )
         out, unmatched = {}, []
         for k, v in sd.items():
-            new = _map_key(k)
+            new = map_key(k, _KEY_MAP)
             if new is None:
                 unmatched.append(k)
             else:
