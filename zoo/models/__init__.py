@@ -18,6 +18,7 @@ from ._base import (
     register_downsampler,
     register_stem,
 )
+from ._pretrained import allow_pickle, read_checkpoint
 
 __all__ = [
     "BLOCKS",
@@ -26,7 +27,9 @@ __all__ = [
     "Backbone",
     "NetCfg",
     "StageCfg",
+    "allow_pickle",
     "build_backbone",
+    "read_checkpoint",
     "register_block",
     "register_downsampler",
     "register_stem",

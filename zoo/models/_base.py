@@ -329,15 +329,15 @@ def build_backbone(
 ) -> nn.Module:
     """timm's ``build_model_with_cfg`` for a zoo config: pretrained loading through ``filter_fn`` (the
     family's official-checkpoint converter) and ``features_only`` through ``forward_intermediates``."""
-    from timm.models import build_model_with_cfg
+    from ._pretrained import build_zoo_model
 
     out_indices = kwargs.pop("out_indices", tuple(range(len(cfg.stages))))
-    return build_model_with_cfg(
+    return build_zoo_model(
         model_cls or Backbone,
         variant,
         pretrained,
+        filter_fn,
         cfg=cfg,
-        pretrained_filter_fn=filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **kwargs,
     )

@@ -981,12 +981,12 @@ DEIT_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _create_deit(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    from timm.models import build_model_with_cfg
+    from ._pretrained import build_zoo_model
 
     img_size = _img_size(variant, kwargs)
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
-        AgentVisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+    return build_zoo_model(
+        AgentVisionTransformer, variant, pretrained, checkpoint_filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **{**DEIT_VARIANTS[variant], "img_size": img_size, **kwargs},
     )

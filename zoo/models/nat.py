@@ -372,16 +372,16 @@ default_cfgs = generate_default_cfgs({
         f"{_CK}/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth", num_classes=21841
     ),
     "dinat_s_tiny.official_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_tiny_in1k_224.pth", swin_like=True
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_tiny_1k_224.pth", swin_like=True
     ),
     "dinat_s_small.official_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth", swin_like=True
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_small_1k_224.pth", swin_like=True
     ),
     "dinat_s_base.official_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth", swin_like=True
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_base_1k_224.pth", swin_like=True
     ),
     "dinat_s_large.official_in22k_ft_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_in1k_224.pth", swin_like=True
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_1k_224.pth", swin_like=True
     ),
     "dinat_s_large.official_in22k": _dcfg(
         f"{_CK}/dinat/checkpoints/imagenet22k/dinat_s_large_in22k_224.pth", swin_like=True, num_classes=21841

@@ -1,0 +1,132 @@
+"""pretrained=True through timm: official files via pretrained_cfg_overlay, pickle opt-in, sha256 checks from
+the manifest, manual-download hosts, zoo-layout files, unknown names."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import zoo
+from zoo.models import _pretrained
+
+PARITY = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
+
+
+def _case(name):
+    sys.path.insert(0, str(PARITY))
+    try:
+        from official_init import load_case
+    finally:
+        sys.path.remove(str(PARITY))
+    return load_case(PARITY / name)
+
+
+@pytest.fixture(scope="module")
+def nat_mini_file(tmp_path_factory):
+    """The official NAT-Mini state dict (rebuilt from the fixture seed) saved as the release does."""
+    case, official_sd, x, expected = _case("nat_mini")
+    path = tmp_path_factory.mktemp("official") / "downloaded_by_hand.pth"
+    torch.save({"model": official_sd}, path)
+    return path, x, expected
+
+
+def test_local_official_file_through_timm_matches_official_logits(nat_mini_file):
+    path, x, expected = nat_mini_file
+    model = timm.create_model("nat_mini.official_in1k", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), expected, rtol=1e-4, atol=1e-4)
+    assert "state_dict" not in model.pretrained_cfg  # the loader leaves no tensors in the config
+
+
+def test_pretrained_with_new_head_and_features_only(nat_mini_file):
+    path, x, _ = nat_mini_file
+    model = timm.create_model("nat_mini", pretrained=True, num_classes=7, pretrained_cfg_overlay=dict(file=str(path)))
+    assert model.get_classifier().out_features == 7
+    official = timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(model.stem.state_dict(), official.stem.state_dict())
+    overlay = dict(file=str(path))
+    feats = timm.create_model("nat_mini", pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
+    assert [f.shape[1] for f in feats(x[:1])] == [64, 128, 256, 512]
+
+
+def test_pickled_checkpoint_needs_opt_in(nat_mini_file, tmp_path, monkeypatch):
+    _, x, expected = nat_mini_file
+    case, official_sd, _, _ = _case("nat_mini")
+    path = tmp_path / "with_args.pth"
+    torch.save({"model": official_sd, "args": argparse.Namespace(lr=1e-3)}, path)
+    monkeypatch.delenv("ZOO_ALLOW_PICKLE", raising=False)
+    with pytest.raises(pickle.UnpicklingError, match=r"argparse\.Namespace.*ZOO_ALLOW_PICKLE"):
+        timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    with zoo.models.allow_pickle():
+        model = timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), expected, rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv("ZOO_ALLOW_PICKLE", "1")
+    timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_sha256_from_manifest_is_checked(nat_mini_file, tmp_path, monkeypatch):
+    path, _, _ = nat_mini_file
+    entry = dict(_pretrained.manifest_entry("nat_mini", "official_in1k"))
+    named = tmp_path / entry["file"]
+    named.write_bytes(path.read_bytes())
+    manifest = {"nat_mini.official_in1k": {**entry, "sha256": "0" * 64}}
+    monkeypatch.setattr(_pretrained, "load_manifest", lambda: manifest)
+    with pytest.raises(ValueError, match="sha256 .* expects 0000"):
+        timm.create_model("nat_mini.official_in1k", pretrained=True, pretrained_cfg_overlay=dict(file=str(named)))
+    manifest["nat_mini.official_in1k"]["sha256"] = _pretrained.sha256_file(named)
+    timm.create_model("nat_mini.official_in1k", pretrained=True, pretrained_cfg_overlay=dict(file=str(named)))
+    # a file under another name is the user's own weights: not checked against the official hash
+    manifest["nat_mini.official_in1k"]["sha256"] = "0" * 64
+    timm.create_model("nat_mini.official_in1k", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_manual_download_host_says_what_to_do():
+    with pytest.raises(RuntimeError, match=r"no direct download link.*pretrained_cfg_overlay=dict\(file="):
+        timm.create_model("crossformer_tiny.official_in1k", pretrained=True)
+
+
+def test_zoo_layout_file_passes_through(nat_mini_file, tmp_path):
+    from safetensors.torch import save_file
+
+    path, x, expected = nat_mini_file
+    model = timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    out = tmp_path / "nat_mini_zoo.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    again = timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_other_family_checkpoint_is_named(nat_mini_file):
+    path, _, _ = nat_mini_file
+    with pytest.raises(ValueError, match="nat"):
+        timm.create_model("crossformer_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_missing_file_is_clear():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file="/nonexistent/nat.pth"))
+
+
+@pytest.mark.parametrize("bad", ["biformer_tinny", "crosformer_tiny", "maxvit_tiny_tf"])
+def test_unknown_model_name_lists_close_names(bad):
+    with pytest.raises(ValueError, match="unknown model .*close names: .*_tiny"):
+        zoo.create_model(bad)
+
+
+def test_manifest_entries_are_well_formed():
+    doc = json.loads(_pretrained.MANIFEST_PATH.read_text())
+    for entry in doc["weights"]:
+        assert entry["download"] in ("direct", "manual", "hf-hub"), entry["name"]
+        assert entry["sha256"] == "" or len(entry["sha256"]) == 64, entry["name"]
+        module, _, fn = entry["converter"].partition(":")
+        assert callable(getattr(sys.modules[module], fn)), entry["converter"]
+        assert entry["top1"] is None or 60 < entry["top1"] < 95, entry["name"]

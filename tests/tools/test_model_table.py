@@ -1,0 +1,27 @@
+"""The README / docs model table is generated and up to date."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("tools_model_table", ROOT / "tools" / "model_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_table_up_to_date():
+    assert _tool().main(["--check"]) == 0, "run `python tools/model_table.py`"
+
+
+def test_every_registered_model_has_a_row():
+    import zoo
+
+    text = (ROOT / "docs" / "models.md").read_text()
+    missing = [name for name in zoo.list_models() if f"| `{name}` |" not in text]
+    assert not missing, f"not in docs/models.md: {missing}"

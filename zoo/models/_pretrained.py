@@ -1,0 +1,197 @@
+"""Pretrained weights: the manifest (``weights/manifest.json``), reading checkpoint files safely, and the
+model builder every family goes through so that ``pretrained=True`` (official URL, or a local official
+file via ``pretrained_cfg_overlay=dict(file=...)``) reads the file with ``weights_only=True``, checks its
+sha256 when the manifest has one, runs the family's converter and loads strictly — all inside timm's
+``build_model_with_cfg``, so classifier resets, ``in_chans`` adaptation and ``features_only`` work as usual.
+
+Checkpoints that need pickled Python objects (e.g. an ``argparse.Namespace`` saved next to the weights) are
+refused unless the caller opts in: ``ZOO_ALLOW_PICKLE=1`` or ``with zoo.models.allow_pickle():`` (only for
+files you trust: unpickling runs code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import re
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "MANIFEST_PATH",
+    "allow_pickle",
+    "build_zoo_model",
+    "load_manifest",
+    "manifest_entry",
+    "read_checkpoint",
+    "sha256_file",
+]
+
+MANIFEST_PATH = Path(__file__).resolve().parents[2] / "weights" / "manifest.json"
+_PICKLE_ENV = "ZOO_ALLOW_PICKLE"
+_allow_pickle_depth = 0
+
+
+@contextlib.contextmanager
+def allow_pickle() -> Iterator[None]:
+    """Let checkpoint reads inside this block fall back to full unpickling (trusted files only)."""
+    global _allow_pickle_depth
+    _allow_pickle_depth += 1
+    try:
+        yield
+    finally:
+        _allow_pickle_depth -= 1
+
+
+def _pickle_allowed() -> bool:
+    return _allow_pickle_depth > 0 or os.environ.get(_PICKLE_ENV, "") not in ("", "0", "false", "False")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -> dict[str, Any]:
+    """The object stored in a checkpoint file (``.safetensors`` or a torch pickle), read with
+    ``weights_only=True``. A file that needs pickled objects raises unless ``allow_pickle`` (default: the
+    ``ZOO_ALLOW_PICKLE`` environment variable or an enclosing ``allow_pickle()`` block) is set."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        allowed = _pickle_allowed() if allow_pickle is None else allow_pickle
+        if not allowed:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+            what = f" (e.g. {found.group(1)})" if found else ""
+            raise pickle.UnpicklingError(
+                f"{path} holds pickled Python objects besides tensors{what}, so weights_only=True refuses it. "
+                f"If you trust the file, opt in with {_PICKLE_ENV}=1, "
+                "`with zoo.models.allow_pickle():`, or `tools/convert.py --allow-pickle` (which writes a "
+                "safetensors file that loads without pickle)."
+            ) from err
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@lru_cache(maxsize=1)
+def load_manifest() -> dict[str, dict[str, Any]]:
+    """``{'<model>.<tag>': entry}`` from ``weights/manifest.json`` (empty when the file is not present, e.g.
+    in an installed wheel without the repository)."""
+    if not MANIFEST_PATH.is_file():
+        return {}
+    entries = json.loads(MANIFEST_PATH.read_text())["weights"]
+    return {e["name"]: e for e in entries}
+
+
+def manifest_entry(architecture: str | None, tag: str | None) -> dict[str, Any] | None:
+    """The manifest entry of ``architecture.tag`` (None if there is none)."""
+    if not architecture or not tag:
+        return None
+    return load_manifest().get(f"{architecture}.{tag}")
+
+
+def _check_sha256(path: Path, entry: dict[str, Any] | None, downloaded: bool) -> None:
+    """Compare the file with the manifest's sha256 when the manifest has one. A local file is checked when
+    its name is the manifest's file name (a differently named local file is the user's own weights)."""
+    if not entry or not entry.get("sha256"):
+        return
+    if not downloaded and path.name != entry.get("file"):
+        return
+    got = sha256_file(path)
+    if got != entry["sha256"]:
+        raise ValueError(
+            f"sha256 of {path} is {got}, but weights/manifest.json expects {entry['sha256']} for "
+            f"{entry['name']}: the file is corrupt or not the official release; delete it and download again"
+        )
+
+
+def _fetch(cfg: dict[str, Any], entry: dict[str, Any] | None) -> tuple[Path, bool]:
+    """Local path of the weights for a resolved pretrained cfg and whether it was downloaded."""
+    if cfg.get("file"):
+        return Path(cfg["file"]), False
+    url = cfg.get("url")
+    name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
+    if entry and entry.get("download") == "manual":
+        raise RuntimeError(
+            f"the official weights of {name} are hosted at {url}, which has no direct download link; download "
+            f"the file by hand and pass pretrained_cfg_overlay=dict(file='<path>') (the converter runs on it)"
+        )
+    from timm.models._hub import download_cached_file
+
+    return Path(download_cached_file(url, check_hash=False, progress=True)), True
+
+
+def _convert_or_pass(checkpoint: dict, model: nn.Module | None, converter: Callable | None) -> dict:
+    """A checkpoint already in the zoo layout (e.g. written by tools/convert.py) passes as is; anything else
+    goes through the family's converter (which names every key it cannot map)."""
+    from ._convert import unwrap_state_dict
+
+    state_dict = unwrap_state_dict(checkpoint)
+    if converter is None or (model is not None and set(state_dict) == set(model.state_dict())):
+        return state_dict
+    return converter(checkpoint, model)
+
+
+# A tiny placeholder state dict: it makes timm take its 'state_dict' branch (no second download or read),
+# and the filter function below swaps in the converted official weights.
+_PRELOADED = "__zoo_preloaded__"
+
+
+def build_zoo_model(
+    model_cls: Callable[..., nn.Module],
+    variant: str,
+    pretrained: bool,
+    filter_fn: Callable[[dict, nn.Module], dict] | None,
+    **kwargs,
+) -> nn.Module:
+    """timm's ``build_model_with_cfg`` with the zoo's pretrained handling (see the module docstring).
+
+    Weights from the Hugging Face hub (``hf_hub_id``, e.g. MaxViT's timm weights) go through timm's own
+    loader (safetensors, no pickle) and the same ``filter_fn``.
+    """
+    from timm.models import build_model_with_cfg
+    from timm.models._builder import resolve_pretrained_cfg
+
+    if pretrained:
+        overlay = kwargs.get("pretrained_cfg_overlay")
+        base = kwargs.get("pretrained_cfg")
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=base, pretrained_cfg_overlay=overlay)
+        cfg = cfg.to_dict()
+        has_file_or_url = cfg.get("file") or (cfg.get("url") and not cfg.get("hf_hub_id"))
+        if not cfg.get("state_dict") and has_file_or_url:
+            entry = manifest_entry(cfg.get("architecture"), cfg.get("tag"))
+            path, downloaded = _fetch(cfg, entry)
+            _check_sha256(path, entry, downloaded)
+            checkpoint = read_checkpoint(path)
+            converter = filter_fn
+
+            def filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict:  # noqa: F811
+                return _convert_or_pass(checkpoint, model, converter)
+
+            overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+            overlay["state_dict"] = {_PRELOADED: torch.zeros(())}
+            kwargs["pretrained_cfg_overlay"] = overlay
+    model = build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
+    for module in (model, getattr(model, "model", None)):
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)  # don't keep the placeholder (or a user's tensors) in the config
+    return model
