@@ -17,7 +17,8 @@ from .. import ops
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+    # SymInt: a map size traced by torch.export (dynamic H/W) stays symbolic
+    return (x, x) if isinstance(x, (int, torch.SymInt)) else (x[0], x[1])
 
 
 _PARTITIONS = ("window", "grid", "interval", "dilated", "global")
