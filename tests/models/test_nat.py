@@ -28,10 +28,13 @@ PARAMS = {
     "dinat_small": (50_719_681, 51),
     "dinat_base": (89_769_652, 90),
     "dinat_large": (200_943_514, 200),
+    "dinat_large_384": (200_943_514, 200),
+    "dinat_large_11x11": (201_144_250, 201),  # README repeats 200 M, the 7x7 figure; 11x11 RPB adds 0.2 M
     "dinat_s_tiny": (28_288_354, 28),
     "dinat_s_small": (49_606_258, 50),
     "dinat_s_base": (87_768_224, 88),
     "dinat_s_large": (196_532_476, 197),
+    "dinat_s_large_384": (196_532_476, 197),
 }
 
 

@@ -197,14 +197,18 @@ def nat_cfg_from_official(
 
 _D7 = ([1, 8, 1], [1, 4, 1, 4], [1, 2] * 3, [1] * 5)
 _D18 = ([1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5)
+# the 384-px fine-tunes of the Large models spread their dilations further (dinat_large_384, dinat_s_large_384)
+_D18_384 = ([1, 13, 1], [1, 6, 1, 6], [1, 3] * 9, [1] * 5)
+_DS18_384 = ([1, 13], [1, 6], [1, 3] * 9, [1, 1])
 _DS6 = ([1, 8], [1, 4], [1, 2] * 3, [1, 1])
 _DS18 = ([1, 8], [1, 4], [1, 2] * 9, [1, 1])
 _T, _S, _B, _L = (2, 4, 8, 16), (3, 6, 12, 24), (4, 8, 16, 32), (6, 12, 24, 48)
 
 
-def _v(embed_dim, depths, heads, mlp_ratio, dpr, dilations=None, layer_scale=None, swin_like=False) -> dict:
+def _v(embed_dim, depths, heads, mlp_ratio, dpr, dilations=None, layer_scale=None, swin_like=False,
+       kernel_size=7) -> dict:
     return dict(embed_dim=embed_dim, depths=depths, num_heads=heads, mlp_ratio=mlp_ratio, drop_path_rate=dpr,
-                dilations=dilations, layer_scale=layer_scale, swin_like=swin_like)
+                dilations=dilations, layer_scale=layer_scale, swin_like=swin_like, kernel_size=kernel_size)
 
 
 # name -> kwargs of nat_cfg (classification/nat.py, dinat.py, dinats.py @register_model functions)
@@ -220,10 +224,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dinat_small": _v(96, (3, 4, 18, 5), _S, 2, 0.3, _D18),
     "dinat_base": _v(128, (3, 4, 18, 5), _B, 2, 0.5, _D18, layer_scale=1e-5),
     "dinat_large": _v(192, (3, 4, 18, 5), _L, 2, 0.35, _D18),
+    "dinat_large_384": _v(192, (3, 4, 18, 5), _L, 2, 0.35, _D18_384),
+    "dinat_large_11x11": _v(192, (3, 4, 18, 5), _L, 2, 0.35, _D18, kernel_size=11),
     "dinat_s_tiny": _v(96, (2, 2, 6, 2), _S, 4, 0.2, _DS6, swin_like=True),
     "dinat_s_small": _v(96, (2, 2, 18, 2), _S, 4, 0.3, _DS18, swin_like=True),
     "dinat_s_base": _v(128, (2, 2, 18, 2), _B, 4, 0.5, _DS18, swin_like=True),
     "dinat_s_large": _v(192, (2, 2, 18, 2), _L, 4, 0.35, _DS18, swin_like=True),
+    "dinat_s_large_384": _v(192, (2, 2, 18, 2), _L, 4, 0.35, _DS18_384, swin_like=True),
 }
 
 
@@ -353,7 +360,10 @@ def _dcfg(url: str = "", swin_like: bool = False, **kw) -> dict[str, Any]:
     }
 
 
-# Release links from classification/nat.py, dinat.py and dinats.py (model_urls).
+_AT384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
+
+# Release links from classification/nat.py, dinat.py and dinats.py (model_urls; for DiNAT_s the README links
+# name the files `dinat_s_<size>_1k_<res>.pth` instead: see weights/manifest.json notes).
 default_cfgs = generate_default_cfgs({
     "nat_nano": _dcfg(paper_ids=_NAT_PAPER),
     "nat_mini.official_in1k": _dcfg(f"{_CK}/nat/checkpoints/CLS/nat_mini.pth", paper_ids=_NAT_PAPER),
@@ -372,16 +382,28 @@ default_cfgs = generate_default_cfgs({
         f"{_CK}/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth", num_classes=21841
     ),
     "dinat_s_tiny.official_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_tiny_1k_224.pth", swin_like=True
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_tiny_in1k_224.pth", swin_like=True
     ),
     "dinat_s_small.official_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_small_1k_224.pth", swin_like=True
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth", swin_like=True
     ),
     "dinat_s_base.official_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_base_1k_224.pth", swin_like=True
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth", swin_like=True
     ),
     "dinat_s_large.official_in22k_ft_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_1k_224.pth", swin_like=True
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_in1k_224.pth", swin_like=True
+    ),
+    "dinat_large_384.official_in22k_ft_in1k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384.pth", **_AT384
+    ),
+    "dinat_large_11x11.official_in22k_ft_in1k_384": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384_11x11.pth", **_AT384
+    ),
+    "dinat_large_11x11.official_in22k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet22k/dinat_large_in22k_224_11x11interp.pth", num_classes=21841
+    ),
+    "dinat_s_large_384.official_in22k_ft_in1k": _dcfg(
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_in1k_384.pth", swin_like=True, **_AT384
     ),
     "dinat_s_large.official_in22k": _dcfg(
         f"{_CK}/dinat/checkpoints/imagenet22k/dinat_s_large_in22k_224.pth", swin_like=True, num_classes=21841
@@ -482,3 +504,21 @@ def dinat_s_base(pretrained: bool = False, **kwargs) -> nn.Module:
 def dinat_s_large(pretrained: bool = False, **kwargs) -> nn.Module:
     """DiNAT_s-Large (197 M): Swin-L layout (embed 192, depths 2/2/18/2, heads 6/12/24/48)."""
     return _create("dinat_s_large", pretrained, **kwargs)
+
+
+@register_model
+def dinat_large_384(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT-Large at 384² (200 M): as DiNAT-Large with the 384-px dilations 13/6/3 in levels 1-3."""
+    return _create("dinat_large_384", pretrained, **kwargs)
+
+
+@register_model
+def dinat_large_11x11(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT-Large with 11×11 neighborhoods (201 M; the 224-px dilations, used at 224 and 384)."""
+    return _create("dinat_large_11x11", pretrained, **kwargs)
+
+
+@register_model
+def dinat_s_large_384(pretrained: bool = False, **kwargs) -> nn.Module:
+    """DiNAT_s-Large at 384² (197 M): as DiNAT_s-Large with the 384-px dilations 13/6/3 in levels 1-3."""
+    return _create("dinat_s_large_384", pretrained, **kwargs)
