@@ -1,0 +1,310 @@
+"""Per-model benchmark: inference img/s (batch 1 and a larger batch), training-step img/s, peak memory, params
+and GMACs for every family's nano/tiny/small, on the zoo's default path vs its reference path, and vs timm's
+equivalent where timm has one (MaxViT, with the same weights), plus Swin-T / ConvNeXt-T / ResNet-50 as
+context rows. Every comparison is measured side by side in one run (interleaved repeats) and reported as a
+ratio. Timings describe this machine only; nothing asserts them.
+
+    python tools/bench_models.py                      # CPU, fp32, default model set -> out/ + docs/bench_models.*
+    python tools/bench_models.py --models 'maxvit_tiny,nat_mini' --batch 1 8 --train
+    python tools/bench_models.py --device cuda --dtype bf16 --channels-last --compile   # on a GPU
+
+Outputs: ``out/bench_models.json`` (raw), ``docs/bench_models.md`` (table) and ``docs/bench_models.png``
+(throughput vs GMACs, one colour per family). GMACs are counted on the reference path (``zoo.profile``), so
+attention is included, sparse patterns (routed, neighborhood) as the keys each query actually sees; timm rows
+are counted with fused attention off (SDPA counts as 0 in the flop counters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import zoo  # noqa: E402
+from zoo import ops  # noqa: E402
+from zoo.profile import count_macs, count_params  # noqa: E402
+
+DEFAULT_MODELS = [
+    "maxvit_nano", "maxvit_tiny", "maxvit_small",
+    "biformer_nano", "biformer_tiny", "biformer_small",
+    "crossformer_nano", "crossformer_tiny", "crossformer_small",
+    "agent_swin_nano", "agent_swin_t", "agent_swin_s", "agent_pvt_t", "agent_deit_t",
+    "nat_nano", "nat_mini", "nat_tiny", "dinat_nano", "dinat_mini", "dinat_s_tiny",
+    "hybrid_nat_biformer_nano",
+]
+# zoo model -> timm's implementation of the same architecture (weights copied through the zoo converter)
+TIMM_EQUIVALENT = {"maxvit_tiny": "maxvit_tiny_tf_224", "maxvit_small": "maxvit_small_tf_224"}
+CONTEXT = ["swin_tiny_patch4_window7_224", "convnext_tiny", "resnet50"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _family(name: str) -> str:
+    module = timm.models.model_entrypoint(name).__module__
+    return module.rsplit(".", 1)[-1] if module.startswith("zoo.") else "timm (context)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Runner:
+    """One benchmarked configuration: a model plus the backend it must run on."""
+
+    def __init__(self, label, model, backend, device, dtype, channels_last, compile_):
+        self.label, self.backend, self.device, self.dtype = label, backend, device, dtype
+        self.model = model.to(device=device, dtype=dtype)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.fn = torch.compile(self.model) if compile_ else self.model
+        self.times: dict[str, list[float]] = {}
+        self.peak: dict[str, int | None] = {}
+
+    def _input(self, batch, size):
+        x = torch.randn(batch, 3, size, size, device=self.device, dtype=self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def step(self, kind: str, batch: int, size: int) -> float:
+        """One timed call; returns seconds."""
+        x = self._input(batch, size)
+        with ops.use_backend(self.backend):
+            if kind == "infer":
+                self.model.eval()
+                _sync(self.device)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    self.fn(x)
+            else:
+                self.model.train()
+                _sync(self.device)
+                t0 = time.perf_counter()
+                loss = self.fn(x).float().logsumexp(-1).mean()
+                loss.backward()
+                for p in self.model.parameters():
+                    p.grad = None
+            _sync(self.device)
+        return time.perf_counter() - t0
+
+    def peak_memory(self, kind: str, batch: int, size: int) -> int | None:
+        """Peak extra bytes during one call: the CUDA allocator's peak on GPU; on Linux CPU the process's
+        peak resident set (VmHWM, reset through /proc/self/clear_refs) above its size before the call."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            self.step(kind, batch, size)
+            return torch.cuda.max_memory_allocated() - base
+        try:
+            gc.collect()
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+            base = _status_kb("VmRSS")
+            self.step(kind, batch, size)
+            return (_status_kb("VmHWM") - base) * 1024
+        except OSError:
+            return None
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _same_weights(zoo_model: torch.nn.Module, timm_name: str) -> torch.nn.Module:
+    """timm's implementation of the same architecture, with the same weights: timm's random init is copied
+    into the zoo model through the family's converter, and the two must agree on an input."""
+    family = sys.modules[timm.models.model_entrypoint(zoo_model.pretrained_cfg["architecture"]).__module__]
+    ref = timm.create_model(timm_name).eval()
+    zoo_model.load_state_dict(family.checkpoint_filter_fn(ref.state_dict(), zoo_model), strict=True)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        err = (zoo_model.eval()(x) - ref(x)).abs().max().item()
+    if err > 1e-3:
+        raise RuntimeError(f"{timm_name} and its zoo counterpart disagree by {err:.2e} with the same weights")
+    return ref
+
+
+def _macs(name: str, size: int, zoo_model: bool) -> int:
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    if zoo_model:
+        return count_macs(model, (3, size, size))
+    from timm.layers import set_fused_attn
+
+    set_fused_attn(False)
+    try:
+        return count_macs(model, (3, size, size))
+    finally:
+        set_fused_attn(True)
+
+
+def bench(args) -> dict:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    names = []
+    for pattern in args.models.split(","):
+        matched = fnmatch.filter(zoo.list_models(), pattern) or ([pattern] if timm.is_model(pattern) else [])
+        if not matched:
+            print(f"skip {pattern!r}: not registered", file=sys.stderr)
+        names += [m for m in matched if m not in names]
+    if args.context:
+        names += [c for c in CONTEXT if c not in names]
+    kinds = ["infer"] + (["train"] if args.train else [])
+    rows = []
+    for name in names:
+        is_zoo = name in zoo.list_models()
+        torch.manual_seed(0)
+        model = timm.create_model(name)
+        runners = []
+        if is_zoo:
+            if name in TIMM_EQUIVALENT:
+                ref = _same_weights(model, TIMM_EQUIVALENT[name])
+            runners.append(Runner("zoo default", model, None, device, dtype, args.channels_last, args.compile))
+            if not args.no_reference:
+                twin = timm.create_model(name)
+                twin.load_state_dict(model.state_dict())
+                runners.append(Runner("zoo reference", twin, "reference", device, dtype, args.channels_last, False))
+            if name in TIMM_EQUIVALENT:
+                runners.append(Runner(f"timm {TIMM_EQUIVALENT[name]}", ref, None, device, dtype,
+                                      args.channels_last, args.compile))
+        else:
+            runners.append(Runner(f"timm {name}", model, None, device, dtype, args.channels_last, args.compile))
+        macs = _macs(name, args.img_size, is_zoo)
+        params = count_params(model)
+        for kind in kinds:
+            for batch in args.batch:
+                for r in runners:  # warm-up (and compile) every runner first
+                    for _ in range(args.warmup):
+                        r.step(kind, batch, args.img_size)
+                times = {r.label: [] for r in runners}
+                for _ in range(args.repeats):  # interleave so load changes hit every runner alike
+                    for r in runners:
+                        times[r.label].append(r.step(kind, batch, args.img_size))
+                base = statistics.median(times[runners[0].label])
+                for r in runners:
+                    med = statistics.median(times[r.label])
+                    row = {
+                        "model": name, "family": _family(name), "runner": r.label, "kind": kind, "batch": batch,
+                        "img_size": args.img_size, "median_s": med, "img_per_s": batch / med,
+                        "speedup_of_zoo_default": med / base if r is not runners[0] else 1.0,
+                        "peak_mem_mb": (lambda b: None if b is None else round(b / 2**20, 1))(
+                            r.peak_memory(kind, batch, args.img_size)),
+                        "params_m": round(params / 1e6, 3), "gmacs": round(macs / 1e9, 3),
+                        "paths": ops.explain() if r.backend is None and device.type == "cuda" else None,
+                    }
+                    rows.append(row)
+                    print(f"{name:28s} {r.label:28s} {kind:5s} b{batch:<3d} {row['img_per_s']:9.1f} img/s "
+                          f"zoo-default is {row['speedup_of_zoo_default']:.2f}x this", flush=True)
+        del runners, model
+        gc.collect()
+    return {
+        "machine": {
+            "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        },
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "doc")},
+        "rows": rows,
+    }
+
+
+def markdown(result: dict) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        "# Model benchmark",
+        "",
+        f"Machine: {m['device']} ({m['processor'] or m['platform']}, {m['threads']} threads), torch {m['torch']}, "
+        f"timm {m['timm']}; {s['dtype']}, {s['img_size']} px, median of {s['repeats']} interleaved runs after "
+        f"{s['warmup']} warm-up. Generated by `python tools/bench_models.py`.",
+        "",
+        "'x zoo' = how many times faster the zoo default path is than that row (same model, same run).",
+        "",
+        "| model | family | runner | kind | batch | img/s | x zoo | params (M) | GMACs | peak MB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        mem = "—" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
+        lines.append(
+            f"| `{r['model']}` | {r['family']} | {r['runner']} | {r['kind']} | {r['batch']} | {r['img_per_s']:.1f} | "
+            f"{r['speedup_of_zoo_default']:.2f} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {mem} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["kind"] == "infer" and r["runner"] in ("zoo default",)
+            or (r["family"] == "timm (context)" and r["kind"] == "infer")]
+    batch = max(r["batch"] for r in rows)
+    rows = [r for r in rows if r["batch"] == batch]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    families = sorted({r["family"] for r in rows})
+    cmap = plt.get_cmap("tab10")
+    for i, fam in enumerate(families):
+        pts = [r for r in rows if r["family"] == fam]
+        ax.scatter([r["gmacs"] for r in pts], [r["img_per_s"] for r in pts], color=cmap(i % 10), label=fam, s=40)
+        for r in pts:
+            ax.annotate(r["model"], (r["gmacs"], r["img_per_s"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"GMACs at {result['settings']['img_size']} px")
+    ax.set_ylabel(f"inference img/s (batch {batch}, zoo default path)")
+    ax.set_title(f"Throughput vs cost — {result['machine']['device']}, {result['settings']['dtype']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated names or globs")
+    parser.add_argument("--no-context", dest="context", action="store_false", help="skip Swin/ConvNeXt/ResNet rows")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--train", action="store_true", help="also time a training step (forward + backward)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the default-path runners")
+    parser.add_argument("--no-reference", action="store_true", help="skip the zoo reference-path runner")
+    parser.add_argument("--out", default="out/bench_models.json")
+    parser.add_argument("--doc", default="docs/bench_models", help="stem of the .md table and .png plot")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    doc = Path(args.doc)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.with_suffix(".md").write_text(markdown(result))
+    plot(result, doc.with_suffix(".png"))
+    print(f"wrote {out}, {doc.with_suffix('.md')}, {doc.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
