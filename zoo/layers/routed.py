@@ -168,13 +168,16 @@ class BiLevelRoutingAttention(nn.Module):
             out = ops.attention(qh, kh, vh, scale=self.scale)  # [B, heads, N, d]
             out = out.transpose(1, 2).reshape(B, Hp, Wp, self.dim)
         else:
-            qh, kh, vh = (t.unflatten(-1, (h, -1)).permute(0, 3, 1, 2, 4) for t in (q, k, v))
+            # reshape with the traced sizes, not unflatten: torch.jit.trace bakes unflatten's output shape into
+            # the graph, so an exported model would only run at the example input's size
+            qh, kh, vh = (t.reshape(B, Hp, Wp, h, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v))
             out = ops.routed_attention(qh, kh, vh, self.n_win, self.topk, scale=self.scale)
             out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, self.dim)
         if self.lepe is not None:
             out = out + self.lepe(v if self.lepe_on == "v" else x)
         out = getattr(self, self.proj_name)(out)
-        return out[:, :H, :W].contiguous() if (pad[0] or pad[1]) else out
+        padded = ops.is_tracing() or pad[0] or pad[1]  # tracing: pad_to_multiple always pads, so always crop
+        return out[:, :H, :W].contiguous() if padded else out
 
 
 class AttentionLePE(BiLevelRoutingAttention):

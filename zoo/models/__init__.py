@@ -2,7 +2,9 @@
 
 from . import (
     agent,  # noqa: F401  (registers the Agent-Swin/PVT/DeiT models with timm)
+    biformer,  # noqa: F401  (registers the BiFormer models with timm)
     crossformer,  # noqa: F401  (registers the CrossFormer models with timm)
+    hybrid,  # noqa: F401  (registers the hybrid models, e.g. NAT + BiFormer stages, with timm)
     maxvit,  # noqa: F401  (registers the MaxViT models with timm)
     nat,  # noqa: F401  (registers the NAT/DiNAT/DiNAT_s models with timm)
 )

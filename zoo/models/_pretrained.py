@@ -136,7 +136,10 @@ def _fetch(cfg: dict[str, Any], entry: dict[str, Any] | None) -> tuple[Path, boo
         )
     from timm.models._hub import download_cached_file
 
-    return Path(download_cached_file(url, check_hash=False, progress=True)), True
+    # Cache under the manifest's file name (or <model>.<tag>.pth): several hosts end every URL alike
+    # (OneDrive '.../root/content', Tsinghua '.../?dl=1'), which would make different weights share one file.
+    filename = (entry or {}).get("file") or f"{name}.pth"
+    return Path(download_cached_file((url, filename), check_hash=False, progress=True)), True
 
 
 def _convert_or_pass(checkpoint: dict, model: nn.Module | None, converter: Callable | None) -> dict:
