@@ -6,7 +6,7 @@
 ...     y = ops.attention(q, k, v, bias)
 """
 
-from ._dispatch import BACKENDS, backend_status, explain, forced_backend, last_path, use_backend
+from ._dispatch import BACKENDS, backend_status, explain, forced_backend, is_tracing, last_path, use_backend
 from .agent import adaptive_avg_pool2d_matmul, agent_attention
 from .attention import attention
 from .neighborhood import neighborhood_attention1d, neighborhood_attention2d, neighborhood_window
@@ -38,3 +38,4 @@ __all__ = [
 __all__ += ["adaptive_avg_pool2d_matmul", "agent_attention"]
 __all__ += ["routed_attention", "routing_indices"]
 __all__ += ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
+__all__ += ["is_tracing"]

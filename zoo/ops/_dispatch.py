@@ -90,6 +90,15 @@ def _is_exporting() -> bool:
     )
 
 
+def is_tracing() -> bool:
+    """True while a graph is traced for export (ONNX exporters, ``torch.jit.trace``, ``torch.export``).
+
+    Size-dependent Python branches (pad or not, mask or not) must then take the general path: a branch taken
+    on the example input's size is baked into the graph and gives wrong results at other sizes.
+    """
+    return _is_exporting() or torch.compiler.is_exporting()
+
+
 def select(op: str, device: torch.device, dtype: torch.dtype, **kw) -> Impl:
     """Choose the implementation of ``op`` for this call and remember it for :func:`last_path`."""
     impls = _REGISTRY[op]
