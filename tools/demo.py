@@ -1,49 +1,228 @@
-"""Main job (for now): build every registered zoo model, count its parameters and run it once.
+"""The main job (``make demo``): train a zoo nano model on the embedded Fashion-MNIST subset, on the CPU, in a few
+minutes; evaluate on the test split; export the best checkpoint to ONNX (verified in onnxruntime, and scored on
+the test split again); print the accuracy, the time and where everything went.
 
-Prints a table: model, parameters, output shape and CPU forward time at 224 (batch 1) for the small
-models; large models are built on the meta device (parameter count only).
+    python tools/demo.py                                   # crossformer_nano, 32 px, embedded subset
+    python tools/demo.py --model nat_nano --epochs 4
+    python tools/demo.py --data path/to/folder             # <folder>/{train,val[,test]}/<class>/*.png
+    python tools/demo.py --data shards/fmnist              # tools/make_shards.py output ({train,val,test}/*.tar)
+    python tools/demo.py --resume                          # continue the last run from checkpoints/last.ckpt
+
+Data: Fashion-MNIST (© Zalando SE, MIT; see data/fashion_mnist/README.md): 10k train / 2k test images, 28x28
+grey, stratified from the official splits; 1k of the train images (100 per class) are held out for validation
+(which picks the best checkpoint), the 2k test images are only used for the final score.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import sys
 import time
+import warnings
+from pathlib import Path
 
-import timm
-import torch
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-import zoo
+DEFAULTS = dict(model="crossformer_nano", epochs=10, img_size=32, batch_size=64, lr=2e-3, min_scale=1.0)
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Linux
+        return "n/a"
+
+
+def _datamodule(args: argparse.Namespace):  # noqa: ANN202
+    from recipes.data import ImageFolderData, NpzData, ShardData
+    from recipes.data.classification import DEFAULT_NPZ, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+    common = dict(img_size=args.img_size, batch_size=args.batch_size, eval_batch_size=256,
+                  num_workers=args.workers, seed=args.seed, scale=(args.min_scale, 1.0))
+    data = args.data or DEFAULT_NPZ
+    if data.endswith(".npz"):
+        return NpzData(path=data, train_limit=args.train_limit, **common), f"npz {data}"
+    p = Path(data)
+    if (p / "train").is_dir() and list((p / "train").glob("*.tar")):
+        return ShardData(train_shards=str(p / "train"),
+                         val_shards=str(p / "val") if (p / "val").is_dir() else None,
+                         test_shards=str(p / "test") if (p / "test").is_dir() else None,
+                         mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, **common), f"webdataset shards {data}"
+    if (p / "train").is_dir():
+        return ImageFolderData(root=data, **common), f"image folder {data}"
+    raise SystemExit(
+        f"--data {data!r}: expected an .npz, a shard folder (train/*.tar) or an image folder (train/<class>/)"
+    )
+
+
+def _onnx_accuracy(onnx_path: str, loader) -> tuple[float, int]:  # noqa: ANN001
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    correct = total = 0
+    for batch in loader:
+        if batch is None:
+            continue
+        x, y = batch
+        logits = sess.run(None, {name: x.numpy()})[0]
+        correct += int((np.argmax(logits, 1) == y.numpy()).sum())
+        total += len(y)
+    return correct / max(total, 1), total
+
+
+def _export(model, path: Path, img_size: int) -> dict:  # noqa: ANN001
+    """ONNX export with verification in onnxruntime: ``zoo.export.export_onnx`` (dynamic batch and size, checked
+    at two sizes), or plain ``torch.onnx.export`` + an onnxruntime comparison where zoo.export is unavailable."""
+    try:
+        from zoo.export import export_onnx
+    except ImportError:
+        export_onnx = None
+    if export_onnx is not None:
+        rep = export_onnx(model, path, img_size=img_size, batch_size=2)
+        return {"path": rep.path, "exporter": rep.exporter, "verified": rep.verified, "opset": rep.opset,
+                "checks": [c.__dict__ if hasattr(c, "__dict__") else str(c) for c in rep.checks]}
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    x = torch.randn(2, 3, img_size, img_size)
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=18,
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    err = float(np.abs(out - ref).max())
+    return {"path": str(path), "exporter": "torchscript", "verified": err < 1e-3, "max_abs_err": err}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="*", help="glob pattern of model names (default: all)")
-    ap.add_argument("--max-run-params", type=float, default=40e6, help="run a forward only below this size")
-    ap.add_argument("--img-size", type=int, default=224)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=DEFAULTS["model"], help="any timm model name (zoo nano models train fastest)")
+    ap.add_argument("--data", default=None, help="npz / shard folder / image folder (default: embedded subset)")
+    ap.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    ap.add_argument("--img-size", type=int, default=DEFAULTS["img_size"], help="28x28 images are resized to this")
+    ap.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    ap.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--min-scale", type=float, default=DEFAULTS["min_scale"],
+                    help="random-resized-crop scale lower bound (1.0: aspect jitter + flip only)")
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--train-limit", type=int, default=None, help="use only this many train images (quick runs)")
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--precision", default="32-true", help="e.g. bf16-mixed on a GPU")
+    ap.add_argument("--out", default="runs/demo", help="run folder (checkpoints, logs, metrics, ONNX)")
+    ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args()
 
-    print(zoo.ops.explain())
-    names = zoo.list_models(args.model)
-    if not names:
-        print(f"no registered zoo model matches {args.model!r}; registered: {zoo.list_models()}")
-        return
-    print(f"\n{'model':<28} {'params (M)':>11} {'output':>14} {'fwd ms':>8}")
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, args.img_size, args.img_size)
-    for name in names:
-        with torch.device("meta"):
-            meta = timm.create_model(name)
-        n = sum(p.numel() for p in meta.parameters())
-        shape, ms = "-", "-"
-        if n <= args.max_run_params:
-            model = timm.create_model(name).eval()
-            with torch.inference_mode():
-                model(x)
-                t0 = time.perf_counter()
-                out = model(x)
-                ms = f"{(time.perf_counter() - t0) * 1e3:.0f}"
-            shape = "x".join(map(str, out.shape))
-        print(f"{name:<28} {n / 1e6:>11.2f} {shape:>14} {ms:>8}", flush=True)
+    t_start = time.perf_counter()
+    import lightning.pytorch as pl
+    import torch
+
+    import zoo  # noqa: F401 - registers the zoo models
+    from recipes.checkpoint import load_model
+    from recipes.classification import ClassificationModule
+    from recipes.common import AtomicCheckpointIO, default_callbacks, default_loggers
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if not args.resume and (out / "checkpoints").exists():
+        import shutil
+
+        shutil.rmtree(out / "checkpoints")  # a fresh run; --resume keeps them
+        for f in ("metrics.json", "curves.png", "logs"):
+            p = out / f
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    dm, data_desc = _datamodule(args)
+    dm.setup("fit")
+    print(f"zoo demo: {args.model} on {data_desc}")
+    print(f"  train {len(dm.train_set) if hasattr(dm.train_set, '__len__') else '?'} / "
+          f"val {len(dm.val_set) if hasattr(dm.val_set, '__len__') else '?'} / "
+          f"test {len(dm.test_set) if hasattr(dm.test_set, '__len__') else '?'} images, {dm.num_classes} classes, "
+          f"{args.img_size} px, batch {args.batch_size}, {args.epochs} epochs, lr {args.lr}")
+    print(f"  machine: {platform.machine()} {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"load average {_load()}, CUDA {'yes' if torch.cuda.is_available() else 'no'}", flush=True)
+
+    module = ClassificationModule(args.model, num_classes=dm.num_classes, img_size=args.img_size, lr=args.lr,
+                                  weight_decay=args.weight_decay, warmup=0.05,
+                                  label_smoothing=args.label_smoothing)
+    steps_per_epoch = len(dm.train_dataloader())
+    callbacks = default_callbacks(out, every_n_train_steps=max(20, steps_per_epoch // 2), monitor=module.monitor,
+                                  mode=module.monitor_mode, progress_bar=sys.stdout.isatty())
+    trainer = pl.Trainer(default_root_dir=str(out), max_epochs=args.epochs, accelerator="auto", devices=1,
+                         precision=args.precision, gradient_clip_val=1.0, callbacks=callbacks,
+                         logger=default_loggers(out), plugins=[AtomicCheckpointIO()], log_every_n_steps=10,
+                         enable_progress_bar=sys.stdout.isatty(), enable_model_summary=False,
+                         use_distributed_sampler=False)
+    t_fit = time.perf_counter()
+    trainer.fit(module, dm, ckpt_path="last" if args.resume else None)
+    fit_s = time.perf_counter() - t_fit
+    best = trainer.checkpoint_callback.best_model_path or str(out / "checkpoints" / "last.ckpt")
+    print(f"trained {trainer.global_step} steps in {fit_s / 60:.1f} min; best checkpoint: {best}", flush=True)
+
+    t_test = time.perf_counter()
+    res = trainer.test(module, dm, ckpt_path=best, verbose=False)[0]
+    test_s = time.perf_counter() - t_test
+    acc1, acc5 = res["test/acc1"], res["test/acc5"]
+
+    onnx_info: dict = {}
+    if not args.no_export:
+        t_exp = time.perf_counter()
+        model, info = load_model(best)
+        onnx_path = out / f"{args.model}.onnx"
+        onnx_info = _export(model, onnx_path, args.img_size)
+        onnx_acc, n = _onnx_accuracy(str(onnx_path), dm.test_dataloader())
+        onnx_info.update(test_acc1=onnx_acc, test_images=n, seconds=round(time.perf_counter() - t_exp, 1))
+    total_s = time.perf_counter() - t_start
+
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["demo"] = {
+        "model": args.model, "data": data_desc, "img_size": args.img_size, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "test_acc1": acc1, "test_acc5": acc5,
+        "fit_seconds": round(fit_s, 1), "test_seconds": round(test_s, 1), "total_seconds": round(total_s, 1),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average_end": _load(),
+        "onnx": onnx_info,
+    }
+    metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
+
+    print("\n" + "=" * 78)
+    print(f"test accuracy: top-1 {100 * acc1:.2f}%  top-5 {100 * acc5:.2f}%  "
+          f"({args.model}, {len(dm.test_set) if hasattr(dm.test_set, '__len__') else '?'} test images)")
+    if onnx_info:
+        print(f"ONNX (onnxruntime) test accuracy: top-1 {100 * onnx_info['test_acc1']:.2f}%  "
+              f"verified against PyTorch: {onnx_info.get('verified')}")
+    print(f"time: total {total_s / 60:.1f} min (training {fit_s / 60:.1f} min, test {test_s:.0f} s) "
+          f"on {os.cpu_count()} CPUs, load average now {_load()}")
+    print("outputs:")
+    rows = [
+        ("checkpoints", out / "checkpoints"),
+        ("best checkpoint", Path(best)),
+        ("last checkpoint (resume: --resume)", out / "checkpoints" / "last.ckpt"),
+        ("CSV log", out / "logs" / "metrics.csv"),
+        ("TensorBoard (tensorboard --logdir)", out / "logs" / "tb"),
+        ("metrics JSON", metrics_path),
+        ("training curves", out / "curves.png"),
+    ]
+    if onnx_info:
+        rows.append(("ONNX model", Path(onnx_info["path"])))
+    for name, p in rows:
+        print(f"  {name:<36} {p}")
+    print("=" * 78)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from torch import nn
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+    # a group shape may be traced (CrossFormer's small-map fallback uses the map size): never int() it
+    return (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, x)
 
 
 def relative_offsets(group_hw: int | tuple[int, int], device=None, dtype=None) -> torch.Tensor:
@@ -35,8 +36,8 @@ def relative_position_index(group_hw: int | tuple[int, int], device=None) -> tor
     The offset is ``pos(i) - pos(j)``; row ``(dh + gh - 1)·(2gw - 1) + (dw + gw - 1)``.
     """
     gh, gw = _pair(group_hw)
-    ys = torch.arange(gh, device=device).repeat_interleave(gw)  # [N]
-    xs = torch.arange(gw, device=device).repeat(gh)
+    ys = torch.arange(gh, device=device)[:, None].expand(gh, gw).reshape(-1)  # [N], row-major
+    xs = torch.arange(gw, device=device)[None, :].expand(gh, gw).reshape(-1)
     dh = ys[:, None] - ys[None, :] + (gh - 1)
     dw = xs[:, None] - xs[None, :] + (gw - 1)
     return dh * (2 * gw - 1) + dw

@@ -20,6 +20,16 @@ from torch import nn
 from .. import ops
 
 
+def _shortfall(window: int, n):
+    """``max(0, window - n)``; while tracing for export (:func:`zoo.ops.is_tracing`) a traced value, not a
+    Python int, so the exported graph pads (by 0 or more) at every size."""
+    if not ops.is_tracing():
+        return max(0, window - n)
+    if isinstance(n, torch.Tensor):  # ONNX tracing: sizes are 0-d tensors
+        return (window - n).clamp(min=0)
+    return torch.sym_max(window - n, 0)  # torch.export: SymInt
+
+
 class _NeighborhoodAttention(nn.Module):
     ndim: int = 2
 
@@ -100,11 +110,12 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f"NeighborhoodAttention2D expects [B, H, W, {self.dim}], got {tuple(x.shape)}")
         H, W = x.shape[1], x.shape[2]
-        pad_b, pad_r = max(0, self.window_size - H), max(0, self.window_size - W)
-        if pad_b or pad_r:
+        pad_b, pad_r = _shortfall(self.window_size, H), _shortfall(self.window_size, W)
+        padded = ops.is_tracing() or pad_b or pad_r  # tracing: always the padded path (dynamic H/W)
+        if padded:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         x = self._attend(x)
-        if pad_b or pad_r:
+        if padded:
             x = x[:, :H, :W]
         return self.proj_drop(self.proj(x))
 
@@ -122,10 +133,11 @@ class NeighborhoodAttention1D(_NeighborhoodAttention):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"NeighborhoodAttention1D expects [B, L, {self.dim}], got {tuple(x.shape)}")
         L = x.shape[1]
-        pad = max(0, self.window_size - L)
-        if pad:
+        pad = _shortfall(self.window_size, L)
+        padded = ops.is_tracing() or pad
+        if padded:
             x = F.pad(x, (0, 0, 0, pad))
         x = self._attend(x)
-        if pad:
+        if padded:
             x = x[:, :L]
         return self.proj_drop(self.proj(x))

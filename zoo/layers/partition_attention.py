@@ -17,8 +17,8 @@ from .. import ops
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    # SymInt: a map size traced by torch.export (dynamic H/W) stays symbolic
-    return (x, x) if isinstance(x, (int, torch.SymInt)) else (x[0], x[1])
+    # a size may be a SymInt (torch.export) or a 0-d tensor (ONNX tracing) when traced with dynamic H/W
+    return (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, x)
 
 
 _PARTITIONS = ("window", "grid", "interval", "dilated", "global")
@@ -140,8 +140,7 @@ class PartitionAttention(nn.Module):
 
     def _dilated_pad_mask(self, hw: tuple[int, int], pad: tuple[int, int], size: tuple[int, int], device):
         """Additive key mask ``[nG, N, N]`` (0 real, -1e4 padded) for ``partition="dilated"``."""
-        valid = torch.zeros(1, hw[0], hw[1], 1, device=device)
-        valid[:, : hw[0] - pad[0], : hw[1] - pad[1]] = 1.0
+        valid = ops.valid_map(hw, pad, device)
         keep = self._split(valid, "dilated", size)[0][..., 0] > 0  # [nG, N]
         mask = torch.zeros(keep.shape, device=device).masked_fill(~keep, -1e4)
         return mask[:, None, :].expand(-1, keep.shape[1], -1)
@@ -166,7 +165,8 @@ class PartitionAttention(nn.Module):
         bias = None
         if self.pos_bias is not None:
             bias = self.pos_bias(group).unsqueeze(0)  # [1, heads, N, N]
-        if self.mask_padding and (pad[0] or pad[1]):
+        padded = ops.is_tracing() or pad[0] or pad[1]  # tracing: always the padded path (dynamic H/W)
+        if self.mask_padding and padded:
             if partition == "dilated":
                 mask = self._dilated_pad_mask((Hp, Wp), pad, size, x.device).to(q.dtype)  # [nG, N, N]
             else:
@@ -178,4 +178,4 @@ class PartitionAttention(nn.Module):
         out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
         out = self.proj_drop(self.proj(out))
         out = self._join(out, group, (Hp, Wp), partition)
-        return out[:, :H, :W].contiguous() if (pad[0] or pad[1]) else out
+        return out[:, :H, :W].contiguous() if padded else out

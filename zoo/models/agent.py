@@ -118,6 +118,7 @@ class ShiftedWindowAttention(PartitionAttention):
             ws = min(H, W)
         shift = ws // 2 if (self.shift and not small) else 0
         x, pad = ops.pad_to_multiple(x, ws)
+        padded = ops.is_tracing() or pad[0] or pad[1]  # tracing: always the padded path (dynamic H/W)
         Hp, Wp = x.shape[1], x.shape[2]
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
@@ -135,7 +136,7 @@ class ShiftedWindowAttention(PartitionAttention):
         out = ops.window_merge(out, (ws, ws), (Hp, Wp))
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        return out[:, :H, :W].contiguous() if (pad[0] or pad[1]) else out
+        return out[:, :H, :W].contiguous() if padded else out
 
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}, shift={self.shift}, num_heads={self.num_heads}"

@@ -15,6 +15,7 @@ from .partition import (
     grid_partition,
     pad_mask,
     pad_to_multiple,
+    valid_map,
     window_merge,
     window_partition,
 )
@@ -38,4 +39,4 @@ __all__ = [
 __all__ += ["adaptive_avg_pool2d_matmul", "agent_attention"]
 __all__ += ["routed_attention", "routing_indices"]
 __all__ += ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
-__all__ += ["is_tracing"]
+__all__ += ["is_tracing", "valid_map"]

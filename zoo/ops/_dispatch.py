@@ -104,7 +104,9 @@ def select(op: str, device: torch.device, dtype: torch.dtype, **kw) -> Impl:
     impls = _REGISTRY[op]
     impl = None
     if _is_exporting():
-        impl = impls.get("sdpa") if "sdpa" in impls and impls["sdpa"].supports(device, dtype, **kw) else None
+        # export: only the portable paths. A forced "reference" (or "sdpa") is honoured; default sdpa.
+        want = forced_backend() if forced_backend() in ("reference", "sdpa") else "sdpa"
+        impl = impls.get(want) if want in impls and impls[want].supports(device, dtype, **kw) else None
         impl = impl or impls["reference"]
     else:
         forced = forced_backend()

@@ -11,6 +11,10 @@ Paths:
   position table) would fall to SDPA's slow math path; instead :class:`_BiasedSDPA` runs the fused forward
   with the bias detached and computes all gradients, the bias's included, in its own backward by
   recomputing the probabilities (memory as the fused forward; the backward equals the math path's).
+- ``triton``: :mod:`zoo.ops.triton.window_attention`, a fused kernel for many small groups with a bias
+  (windows/grids of MaxViT, CrossFormer, Swin), bias gradient summed over groups in the kernel. Auto-chosen
+  on CUDA for biased 4-D calls of at most ``TRITON_AUTO_MAX_TOKENS`` tokens; on CPU only when forced and
+  ``TRITON_INTERPRET=1`` (tests).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import triton as _triton
 from ._checks import check_finite, check_qkv
 from ._dispatch import register, select
 
@@ -100,6 +105,27 @@ def attention_sdpa(q, k, v, bias=None, scale=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_as_4d(bias), scale=scale)
 
 
+# On CUDA the triton path is auto-chosen for biased attention over groups of at most this many tokens (windows,
+# grids); longer sequences and unbiased calls keep SDPA's flash kernels. Forcing "triton" lifts the limit.
+TRITON_AUTO_MAX_TOKENS = 256
+
+
+def _triton_supports(device, dtype, nq=0, nk=0, d=0, dv=0, ndim=0, has_bias=False, **kw) -> bool:
+    if ndim != 4 or dtype not in (torch.float16, torch.bfloat16, torch.float32) or max(d, dv) > 256:
+        return False
+    if not _triton.available(device):
+        return False
+    if device.type == "cuda" and not _triton.forced():
+        return has_bias and max(nq, nk) <= TRITON_AUTO_MAX_TOKENS
+    return True
+
+
+@register("attention", "triton", supports=_triton_supports)
+def attention_triton(q, k, v, bias=None, scale=None):
+    """Fused kernel of :mod:`zoo.ops.triton.window_attention` (bias gradient included)."""
+    return _triton.load("window_attention").window_attention(q, k, v, bias, _scale(q, scale))
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -123,5 +149,8 @@ def attention(
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: k and v need the same number of keys, got {k.shape[-2]} and {v.shape[-2]}")
     check_finite("attention", q=q, k=k, v=v)
-    impl = select("attention", q.device, q.dtype)
+    impl = select(
+        "attention", q.device, q.dtype, nq=q.shape[-2], nk=k.shape[-2], d=q.shape[-1], dv=v.shape[-1],
+        ndim=q.dim(), has_bias=bias is not None,
+    )
     return impl.fn(q, k, v, bias, scale)

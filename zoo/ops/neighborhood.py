@@ -33,6 +33,10 @@ Paths (``zoo.ops.use_backend`` forces one; each matches ``reference`` forward an
 - ``natten``: NATTEN >= 0.21 fused kernels (``natten.na2d``/``na1d``, heads-last layout); CUDA only,
   ``rpb is None`` only (NATTEN >= 0.20 dropped RPB) and no attention dropout.
 
+- ``triton`` (2-D only): the fused kernel of :mod:`zoo.ops.triton.neighborhood`, forward and backward with
+  the RPB gradient. Auto-chosen on CUDA when there is an RPB (or NATTEN is missing); on CPU only when forced
+  with ``TRITON_INTERPRET=1`` (tests).
+
 Only the ``reference`` path supports attention-weight dropout (``attn_drop > 0``); the others fall back to
 it when dropout is requested.
 """
@@ -42,6 +46,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import triton as _triton
 from ._checks import check_finite, check_qkv
 from ._dispatch import has_module, register, select
 from .attention import attention
@@ -281,11 +286,24 @@ def _natten_ok(device, dtype, has_rpb=False, dropout=False, **kw):
     )
 
 
+def _triton_ok(device, dtype, has_rpb=False, dropout=False, **kw):
+    if dropout or dtype not in (torch.float16, torch.bfloat16, torch.float32) or not _triton.available(device):
+        return False
+    # CUDA auto: with RPB always (NATTEN's fused kernels have none); without, NATTEN's kernels go first.
+    return not (device.type == "cuda" and not _triton.forced() and not has_rpb and has_module("natten"))
+
+
+def _na_triton(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
+    mod = _triton.load("neighborhood")
+    return mod.neighborhood_attention2d(q, k, v, shape, ks, dil, rpb, _scale(q, scale))
+
+
 for _op in (_OP1, _OP2):
     register(_op, "reference")(_na_gather)
     register(_op, "sdpa", supports=_dense_ok)(_na_dense)
     register(_op, "flex", supports=_flex_ok)(_na_flex)
     register(_op, "natten", supports=_natten_ok)(_na_natten)
+register(_OP2, "triton", supports=_triton_ok)(_na_triton)
 
 
 # --------------------------------------------------------------------------------------------------------

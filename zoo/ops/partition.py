@@ -15,9 +15,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._dispatch import is_tracing
+
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+    # sizes may be traced (SymInt under torch.export, 0-d tensors under ONNX tracing): never int() them
+    return (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, x)
 
 
 def _check_map(op: str, x: torch.Tensor, size: tuple[int, int], what: str) -> None:
@@ -34,12 +37,14 @@ def _check_map(op: str, x: torch.Tensor, size: tuple[int, int], what: str) -> No
 def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad ``x: [B, H, W, C]`` at the bottom/right to multiples of ``multiple``.
 
-    Returns the padded map and ``(pad_h, pad_w)``; crop with ``x[:, :H, :W]`` afterwards.
+    Returns the padded map and ``(pad_h, pad_w)``; crop with ``x[:, :H, :W]`` afterwards. While a graph is
+    traced for export (:func:`zoo.ops.is_tracing`) it always pads (possibly by 0), so the graph keeps
+    dynamic H/W; callers then test ``is_tracing() or pad_h or pad_w`` too.
     """
     mh, mw = _pair(multiple)
     H, W = x.shape[1], x.shape[2]
     pad_h, pad_w = (-H) % mh, (-W) % mw
-    if pad_h or pad_w:
+    if is_tracing() or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x, (pad_h, pad_w)
 
@@ -80,6 +85,17 @@ def grid_merge(groups: torch.Tensor, grid: int | tuple[int, int], hw: tuple[int,
     return x.reshape(-1, H, W, C)
 
 
+def valid_map(hw: tuple[int, int], pad: tuple[int, int], device=None) -> torch.Tensor:
+    """``[1, H, W, 1]`` float map: 1 on real pixels, 0 on the ``pad`` rows/columns at the bottom/right.
+
+    Built by comparisons with ``arange`` (no in-place slice assignment), so it traces with dynamic sizes.
+    """
+    H, W = hw
+    rows = torch.arange(H, device=device) < H - pad[0]
+    cols = torch.arange(W, device=device) < W - pad[1]
+    return (rows[:, None] & cols[None, :]).to(torch.float32)[None, :, :, None]
+
+
 def pad_mask(
     hw: tuple[int, int], pad: tuple[int, int], size: int | tuple[int, int], mode: str, device=None
 ) -> torch.Tensor | None:
@@ -88,13 +104,12 @@ def pad_mask(
     ``hw`` is the padded size, ``pad`` the padding at the bottom/right, ``size`` the window (``mode='window'``)
     or grid (``mode='grid'``) size. Returns None when nothing is padded. Padded queries are cropped later,
     so only keys are masked. The mask is finite so a group made only of padding (possible with small maps
-    in interval mode) gives a uniform softmax, not NaN; such queries are cropped anyway.
+    in interval mode) gives a uniform softmax, not NaN; such queries are cropped anyway. While tracing for
+    export the mask is always built (all zeros without padding), so the graph keeps dynamic H/W.
     """
-    if not pad[0] and not pad[1]:
+    if not is_tracing() and not pad[0] and not pad[1]:
         return None
-    H, W = hw
-    valid = torch.zeros(1, H, W, 1, device=device)
-    valid[:, : H - pad[0], : W - pad[1]] = 1.0
+    valid = valid_map(hw, pad, device)
     parts = window_partition(valid, size) if mode == "window" else grid_partition(valid, size)
     keep = parts[..., 0] > 0  # [nGroups, N]
     mask = torch.zeros(keep.shape, device=device).masked_fill(~keep, -1e4)

@@ -27,6 +27,9 @@ Paths (all take the same routing indices, so they agree wherever the routing doe
 - ``flex``: FlexAttention with a block mask from the indices. Auto-chosen on CUDA (compiled); on CPU it
   runs only when forced, eagerly and forward-only (torch has no CPU flex backward; with gradients the
   dispatcher falls back to the CPU default).
+- ``triton``: the gather-free indexed-K/V kernel of :mod:`zoo.ops.triton.routed_attention` (forward and
+  backward; one program per query region and head walking its top-k regions with an online softmax).
+  Auto-chosen on CUDA unless every region is routed; on CPU only when forced with ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from . import triton as _triton
 from ._checks import check_finite, check_qkv
 from ._dispatch import register, select
 from .attention import attention_sdpa
@@ -242,6 +246,21 @@ def routed_attention_flex(q, k, v, num_regions, topk, scale, indices=None):
     return _from_region_major_tokens(out, num_regions, (H, W))
 
 
+def _triton_supports(device: torch.device, dtype: torch.dtype, dense: bool = False, **kw) -> bool:
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32) or not _triton.available(device):
+        return False
+    # Every region routed (dense attention): SDPA's flash kernels win on CUDA unless triton is forced.
+    return not (dense and device.type == "cuda" and not _triton.forced())
+
+
+@register(_OP, "triton", supports=_triton_supports)
+def routed_attention_triton(q, k, v, num_regions, topk, scale, indices=None):
+    """Indexed-K/V kernel of :mod:`zoo.ops.triton.routed_attention` (no gather, forward and backward)."""
+    if indices is None:
+        indices = _route(to_regions(q, num_regions), to_regions(k, num_regions), topk, scale)
+    return _triton.load("routed_attention").routed_attention(q, k, v, num_regions, indices, scale)
+
+
 def _check_indices(op: str, indices: torch.Tensor, B: int, R: int, topk: int) -> None:
     if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.dim() != 3:
         raise ValueError(f"{op}: indices must be an int64 tensor [B, R, topk] (from routing_indices)")
@@ -312,5 +331,6 @@ def routed_attention(
         _check_indices("routed_attention", indices, q.shape[0], nh * nw, topk)
     check_finite("routed_attention", q=q, k=k, v=v)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    impl = select(_OP, q.device, q.dtype, needs_grad=needs_grad)
+    dense = topk == nh * nw and indices is None
+    impl = select(_OP, q.device, q.dtype, needs_grad=needs_grad, dense=dense)
     return impl.fn(q, k, v, (nh, nw), topk, _default_scale(q, scale), indices)

@@ -1,0 +1,588 @@
+"""Shared recipe infrastructure: optimizer/scheduler, callbacks, loggers, checkpoint I/O and the CLI.
+
+Every task recipe (classification, detection, segmentation) builds on these pieces:
+
+- ``RecipeModule``: LightningModule base. Subclasses keep the network at ``self.model``, save ``task`` among
+  their hparams, set ``monitor``/``monitor_mode`` (the metric that picks the best checkpoint) and get
+  ``configure_optimizers`` (AdamW + cosine with warmup, no weight decay on norms/biases/``no_weight_decay()``).
+- ``build_param_groups`` / ``build_optimizer`` / ``cosine_warmup_scheduler`` / ``adamw_cosine``.
+- ``default_callbacks(root_dir, ...)``: best + last checkpoint at epoch end, ``last.ckpt`` every N steps,
+  rich progress bar, LR monitor, skipped-sample logger, final metrics JSON + curves PNG.
+- ``default_loggers(root_dir)``: CSV (appends on resume) + TensorBoard under ``<root_dir>/logs``.
+- ``AtomicCheckpointIO``: checkpoints are written to a temp file and renamed, so a kill never leaves a corrupt
+  ``last.ckpt``.
+- ``SkipCounter``: a process-shared counter of skipped bad samples (works from DataLoader workers); a
+  datamodule exposes it as ``skip_counter`` and ``SkippedSamplesLogger`` logs it as ``data/skipped``.
+- ``RecipeCLI``: LightningCLI that adds all of the above unless the config sets its own.
+
+Layout of a run directory (``trainer.default_root_dir``)::
+
+    checkpoints/last.ckpt, checkpoints/best-*.ckpt
+    logs/metrics.csv, logs/hparams.yaml, logs/tb/events.*
+    metrics.json, curves.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricExperimentWriter
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "FinalMetrics",
+    "RecipeCLI",
+    "RecipeModule",
+    "ResumableCSVLogger",
+    "SkipCounter",
+    "SkippedSamplesLogger",
+    "adamw_cosine",
+    "build_optimizer",
+    "build_param_groups",
+    "cosine_warmup_scheduler",
+    "default_callbacks",
+    "default_loggers",
+    "total_training_steps",
+    "find_run_files",
+    "plot_curves",
+    "read_csv_log",
+]
+
+log = logging.getLogger("recipes")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# optimizer + schedule
+
+
+def build_param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float | None = None
+) -> list[dict[str, Any]]:
+    """Parameter groups as timm makes them: no weight decay for 1-D params (norms, biases) and for the names
+    in ``model.no_weight_decay()``; optional layer-wise LR decay (needs ``model.group_matcher``)."""
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+    no_wd: set[str] = set()
+    if hasattr(model, "no_weight_decay"):
+        no_wd = set(model.no_weight_decay())
+    if layer_decay is not None and hasattr(model, "group_matcher"):
+        return param_groups_layer_decay(
+            model, weight_decay=weight_decay, layer_decay=layer_decay, no_weight_decay_list=no_wd
+        )
+    return param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=no_wd)
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    layer_decay: float | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over ``build_param_groups(model, ...)`` (a group's ``lr_scale`` multiplies ``lr``)."""
+    groups = build_param_groups(model, weight_decay, layer_decay)
+    for g in groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+
+
+def cosine_warmup_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR factor: linear warmup from ~0 to 1 over ``warmup_steps``, then cosine down to
+    ``min_lr_ratio`` at ``total_steps`` (held there afterwards)."""
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def total_training_steps(trainer: pl.Trainer) -> float:
+    """Optimizer steps the fit will take, like ``trainer.estimated_stepping_batches`` but computed from a fresh
+    ``datamodule.train_dataloader()``'s length: Lightning's property builds (and starts iterating) the fit
+    loop's loader before a checkpoint's loader state is restored, which would break a mid-epoch resume."""
+    dm = trainer.datamodule
+    n = None
+    if dm is not None:
+        try:
+            n = len(dm.train_dataloader())
+        except TypeError:  # no __len__
+            n = None
+    if n is None:
+        return trainer.estimated_stepping_batches
+    lim = trainer.limit_train_batches
+    n = int(n * lim) if isinstance(lim, float) else min(n, int(lim))
+    per_epoch = math.ceil(n / max(1, trainer.accumulate_grad_batches))
+    epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+    total = per_epoch * epochs if epochs is not None else math.inf
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        total = min(total, trainer.max_steps)
+    return total
+
+
+def adamw_cosine(
+    module: pl.LightningModule,
+    model: nn.Module,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    warmup: float = 0.05,
+    min_lr_ratio: float = 0.01,
+    layer_decay: float | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> dict[str, Any]:
+    """``configure_optimizers`` result: AdamW + per-step cosine schedule over ``trainer.estimated_stepping_batches``.
+    ``warmup`` < 1 is a fraction of the total steps, >= 1 a number of steps."""
+    opt = build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas, layer_decay=layer_decay)
+    total = total_training_steps(module.trainer) if module._trainer is not None else 1000
+    if not math.isfinite(total):
+        raise ValueError(
+            "the cosine schedule needs a finite number of steps: set trainer.max_steps or give the train data a length"
+        )
+    warm = int(warmup * total) if warmup < 1 else int(warmup)
+    sched = cosine_warmup_scheduler(opt, int(total), warm, min_lr_ratio)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+class RecipeModule(pl.LightningModule):
+    """Base of the task modules. Subclasses: set ``self.model`` (the network), call ``save_hyperparameters``
+    with ``task`` among the hparams, and set ``monitor``/``monitor_mode``. Optimizer hparams read here (all
+    optional): ``lr``, ``weight_decay``, ``warmup``, ``min_lr_ratio``, ``layer_decay``."""
+
+    task: str = ""
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        return adamw_cosine(
+            self,
+            self.model,
+            lr=hp.get("lr", 1e-3),
+            weight_decay=hp.get("weight_decay", 0.05),
+            warmup=hp.get("warmup", 0.05),
+            min_lr_ratio=hp.get("min_lr_ratio", 0.01),
+            layer_decay=hp.get("layer_decay", None),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# skipped bad samples
+
+
+class SkipCounter:
+    """Counts skipped bad samples across DataLoader worker processes (a shared ``multiprocessing.Value``).
+
+    ``add(reason, detail)`` increments and logs one warning; ``value`` reads the total."""
+
+    def __init__(self) -> None:
+        self._value = mp.get_context("fork" if os.name == "posix" else "spawn").Value("q", 0)
+
+    def add(self, reason: str, detail: str = "", n: int = 1) -> None:
+        with self._value.get_lock():
+            self._value.value += n
+            total = self._value.value
+        log.warning("skipped bad sample (%s): %s [skipped so far: %d]", reason, detail, total)
+
+    @property
+    def value(self) -> int:
+        return int(self._value.value)
+
+    def reset(self) -> None:
+        with self._value.get_lock():
+            self._value.value = 0
+
+
+def _skip_counters(trainer: pl.Trainer) -> list[SkipCounter]:
+    found = []
+    for owner in (trainer.datamodule, trainer.lightning_module):
+        c = getattr(owner, "skip_counter", None)
+        if isinstance(c, SkipCounter):
+            found.append(c)
+    return found
+
+
+class SkippedSamplesLogger(Callback):
+    """Logs ``data/skipped`` (bad samples skipped so far, summed over ranks) at the end of every train and
+    validation epoch, from ``datamodule.skip_counter`` (or the module's)."""
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counters = _skip_counters(trainer)
+        if counters:
+            total = float(sum(c.value for c in counters))
+            pl_module.log("data/skipped", total, reduce_fx="sum", sync_dist=True, on_epoch=True, on_step=False)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to ``<dir>/.partial/<name>`` and renames it into place (``os.replace``), so a kill
+    while saving leaves the previous file intact. Remote paths fall back to Lightning's writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        fs = get_filesystem(path)
+        if type(fs).__name__ != "LocalFileSystem":
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        tmp_dir = path.parent / ".partial"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_dir / f"{path.name}.{os.getpid()}"
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# logs, metrics JSON, curves
+
+
+class _AppendingWriter(ExperimentWriter):
+    """CSV writer that keeps an existing ``metrics.csv`` (resume appends to it instead of deleting it)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(header)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` survives a resume (rows are appended; readers keep the last row
+    per step)."""
+
+    @property
+    def experiment(self) -> _FabricExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def default_loggers(root_dir: str | os.PathLike) -> list[Logger]:
+    """CSV (``<root>/logs/metrics.csv``) + TensorBoard (``<root>/logs/tb``), fixed folders so resume continues."""
+    root = str(root_dir)
+    return [
+        ResumableCSVLogger(root, name="logs", version=""),
+        TensorBoardLogger(root, name="logs", version="tb", default_hp_metric=False),
+    ]
+
+
+def read_csv_log(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """``metrics.csv`` → ``{metric: [(step, value), ...]}`` sorted by step; a step logged twice (rows written
+    again after a resume) keeps its last value."""
+    series: dict[str, dict[int, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                step = int(float(row.get("step") or 0))
+            except ValueError:
+                continue
+            for k, v in row.items():
+                if k in ("step", "epoch") or v in (None, ""):
+                    continue
+                try:
+                    series.setdefault(k, {})[step] = float(v)
+                except ValueError:
+                    pass
+    return {k: sorted(d.items()) for k, d in series.items()}
+
+
+def plot_curves(series: dict[str, list[tuple[int, float]]], png: str | os.PathLike, title: str = "") -> Path:
+    """One panel per metric group (loss, accuracy-like, lr, other), x = optimizer step. matplotlib Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def group(name: str) -> str:
+        n = name.lower()
+        if "loss" in n:
+            return "loss"
+        if n.startswith("lr") or "lr-" in n:
+            return "learning rate"
+        if n.startswith("data/"):
+            return "data"
+        return "metrics"
+
+    groups: dict[str, list[str]] = {}
+    for k in sorted(series):
+        groups.setdefault(group(k), []).append(k)
+    order = [g for g in ("loss", "metrics", "learning rate", "data") if g in groups]
+    n = max(1, len(order))
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.6), squeeze=False)
+    for ax, g in zip(axes[0], order):
+        for k in groups[g]:
+            xs, ys = zip(*series[k])
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=k)
+        ax.set_title(g)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+class FinalMetrics(Callback):
+    """At the end of fit / validate / test (rank 0): writes ``<out_dir>/metrics.json`` (final and best value of
+    every logged metric, the ``test/*`` results, steps, epochs, skipped samples, checkpoint paths) and
+    ``<out_dir>/curves.png`` from the CSV log. ``out_dir`` defaults to ``trainer.default_root_dir``. Entries of
+    earlier stages in the same file are kept (fit then test merges)."""
+
+    def __init__(self, out_dir: str | None = None, json_name: str = "metrics.json", png_name: str = "curves.png"):
+        super().__init__()
+        self.out_dir = out_dir
+        self.json_name = json_name
+        self.png_name = png_name
+
+    def paths(self, trainer: pl.Trainer) -> tuple[Path, Path]:
+        root = Path(self.out_dir or trainer.default_root_dir)
+        return root / self.json_name, root / self.png_name
+
+    @rank_zero_only
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        json_path, png_path = self.paths(trainer)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        data: dict[str, Any] = {}
+        if json_path.is_file():
+            try:
+                data = json.loads(json_path.read_text())
+            except json.JSONDecodeError:
+                data = {}
+        csv_path = None
+        for lg in trainer.loggers:
+            if isinstance(lg, CSVLogger):
+                lg.save()
+                p = Path(lg.log_dir) / "metrics.csv"
+                if p.is_file():
+                    csv_path = p
+        series = read_csv_log(csv_path) if csv_path else {}
+        mode = getattr(pl_module, "monitor_mode", "max")
+        best = {}
+        for k, pts in series.items():
+            vals = [v for _, v in pts]
+            lower = "loss" in k or k.startswith("lr") or (k == getattr(pl_module, "monitor", None) and mode == "min")
+            best[k] = min(vals) if lower else max(vals)
+        data.update(
+            {
+                "task": pl_module.hparams.get("task", getattr(pl_module, "task", "")),
+                "model_name": pl_module.hparams.get("model_name"),
+                "global_step": int(trainer.global_step),
+                "epochs": int(trainer.current_epoch),
+                "final": {k: pts[-1][1] for k, pts in series.items()},
+                "best": best,
+                "csv_log": str(csv_path) if csv_path else None,
+            }
+        )
+        counters = _skip_counters(trainer)
+        if counters:
+            data["skipped_samples"] = sum(c.value for c in counters)
+        cbs = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+        for cb in cbs:
+            if cb.best_model_path:
+                data["best_checkpoint"] = cb.best_model_path
+                data["best_score"] = _scalar(cb.best_model_score)
+            if cb.last_model_path:
+                data["last_checkpoint"] = cb.last_model_path
+        cm = {k: _scalar(v) for k, v in trainer.callback_metrics.items()}
+        data.setdefault("stages", {})[stage] = cm
+        if stage == "test":
+            data["test"] = {k: v for k, v in cm.items() if k.startswith("test/")}
+        if series:
+            plot_curves(series, png_path, title=f"{data['task']} {data.get('model_name') or ''}")
+            data["curves_png"] = str(png_path)
+        json_path.write_text(json.dumps(data, indent=2, default=str))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module, "fit")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module, "test")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "validate")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# callbacks + trainer defaults
+
+
+def _progress_bar() -> Callback:
+    try:
+        import rich  # noqa: F401
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        return RichProgressBar(leave=True)
+    except ImportError:  # pragma: no cover - rich is a declared dependency (lightning[pytorch-extra])
+        return TQDMProgressBar()
+
+
+def default_callbacks(
+    root_dir: str | os.PathLike,
+    every_n_train_steps: int = 200,
+    monitor: str | None = "val/loss",
+    mode: str = "min",
+    progress_bar: bool = True,
+    lr_monitor: bool = True,
+) -> list[Callback]:
+    """The recipe callbacks. Checkpoints go to ``<root_dir>/checkpoints``:
+
+    - ``best-epochNNN-stepNNNNNN.ckpt`` (top-1 by ``monitor``) and ``last.ckpt`` at every epoch end (after
+      validation); this one comes first, so ``trainer.checkpoint_callback.best_model_path`` / ``ckpt_path="best"``
+      refer to it;
+    - ``last.ckpt`` every ``every_n_train_steps`` optimizer steps (0 turns this off).
+    """
+    ckpt_dir = str(Path(root_dir) / "checkpoints")
+    cbs: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best-epoch{epoch:03d}-step{step:06d}",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+    ]
+    if every_n_train_steps:
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir, every_n_train_steps=every_n_train_steps, save_top_k=0, save_last=True,
+                enable_version_counter=False,
+            )
+        )
+    if progress_bar:
+        cbs.append(_progress_bar())
+    if lr_monitor:
+        cbs.append(LearningRateMonitor(logging_interval="step"))
+    cbs += [SkippedSamplesLogger(), FinalMetrics()]
+    return cbs
+
+
+class RecipeCLI(LightningCLI):
+    """LightningCLI with the recipe defaults: unless the config sets its own, the trainer gets
+    ``default_callbacks`` (monitor taken from the model's ``monitor``/``monitor_mode``), ``default_loggers`` and
+    ``AtomicCheckpointIO``, all under ``trainer.default_root_dir`` (default ``runs/<task>``).
+    Extra top-level options: ``--ckpt_every_n_steps`` (default 200) and ``--no_progress_bar``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--ckpt_every_n_steps", type=int, default=200, help="last.ckpt every N steps (0: off)")
+        parser.add_argument("--no_progress_bar", type=bool, default=False, help="plain logging instead of rich")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        cfg = self._get(self.config_init, "trainer", default={})
+        task = getattr(self.model, "task", "") or "run"
+        root = cfg.get("default_root_dir") or os.path.join("runs", task)
+        kwargs.setdefault("default_root_dir", root)
+        every = self._get(self.config, "ckpt_every_n_steps", default=200)
+        no_bar = bool(self._get(self.config, "no_progress_bar", default=False))
+        user_cbs = list(cfg.get("callbacks") or [])
+        have_ckpt = any(isinstance(c, ModelCheckpoint) for c in user_cbs)
+        extra = default_callbacks(
+            root,
+            every_n_train_steps=every,
+            monitor=getattr(self.model, "monitor", "val/loss"),
+            mode=getattr(self.model, "monitor_mode", "min"),
+            progress_bar=not no_bar and cfg.get("enable_progress_bar", True) is not False,
+        )
+        if have_ckpt:
+            extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
+        kwargs["callbacks"] = user_cbs + extra
+        if cfg.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(root)
+        plugins = cfg.get("plugins")
+        plugins = list(plugins) if isinstance(plugins, Sequence) and not isinstance(plugins, str) else (
+            [plugins] if plugins else []
+        )
+        if not any(isinstance(p, TorchCheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
+        if no_bar:
+            kwargs["enable_progress_bar"] = False
+        return super().instantiate_trainer(**kwargs)
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """``--ckpt_path best`` in a new process (validate/test/predict after fit): the newest
+        ``<root>/checkpoints/best-*.ckpt`` (Lightning only knows the best path within the fit's process)."""
+        kw = super()._prepare_subcommand_kwargs(subcommand)
+        if kw.get("ckpt_path") == "best" and subcommand != "fit":
+            cb = self.trainer.checkpoint_callback
+            if not getattr(cb, "best_model_path", ""):
+                found = sorted(Path(self.trainer.default_root_dir, "checkpoints").glob("best-*.ckpt"),
+                               key=os.path.getmtime)
+                if not found:
+                    raise FileNotFoundError(
+                        f"--ckpt_path best: no best-*.ckpt under {self.trainer.default_root_dir}/checkpoints"
+                    )
+                kw["ckpt_path"] = str(found[-1])
+        return kw
+
+
+def find_run_files(root_dir: str | os.PathLike) -> dict[str, str]:
+    """Paths of the usual run outputs under ``root_dir`` that exist (for printing a summary)."""
+    root = Path(root_dir)
+    cand = {
+        "checkpoints": root / "checkpoints",
+        "last_checkpoint": root / "checkpoints" / "last.ckpt",
+        "csv_log": root / "logs" / "metrics.csv",
+        "tensorboard": root / "logs" / "tb",
+        "metrics_json": root / "metrics.json",
+        "curves_png": root / "curves.png",
+    }
+    return {k: str(v) for k, v in cand.items() if v.exists()}
+

@@ -1,0 +1,274 @@
+"""Semantic segmentation data in ADE20K's folder layout: a Dataset, a collate function, a LightningDataModule.
+
+Layout (ADE20K's ``ADEChallengeData2016`` and the composited scenes both use it)::
+
+    root/images/training/*.jpg|png        root/annotations/training/*.png   (same stems)
+    root/images/validation/*.jpg|png      root/annotations/validation/*.png
+
+Masks hold class indices; 255 is ignored. ``reduce_zero_label=True`` is ADE20K's convention (0 means
+"other": it becomes 255 and every other label shifts down by one, giving 150 classes). An optional
+``root/meta.json`` with ``num_classes`` (and ``segmentation_classes``) sets the class count.
+
+Training samples: random rescale (``scale_range`` of ``crop_size``'s long side, as mmseg's ADE20K
+pipeline), random crop to ``crop_size`` (padded with ignore where the image is smaller), horizontal flip.
+Evaluation samples: the whole image (optionally resized so its short side is ``eval_short_side``) with
+the mask at its ORIGINAL resolution -- metrics are computed there, as the papers do.
+An image without its mask, or a pair that cannot be read or whose sizes differ, is skipped with a
+warning and added to ``skip_counter`` (``recipes.common.SkipCounter``; logged as ``data/skipped``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from recipes.common import SkipCounter
+
+IGNORE_INDEX = 255
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class MaskFolder(Dataset):
+    """Image + mask pairs matched by file stem. Item: dict or ``None`` when unreadable.
+
+    Item keys: ``image`` [3, h, w] float 0..1, ``mask`` [H, W] int64 (255 = ignore); for training
+    ``h, w == H, W == crop_size``, for evaluation the mask keeps the original size.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        mask_dir: str | Path,
+        train: bool = False,
+        crop_size: tuple[int, int] = (512, 512),
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip: float = 0.5,
+        reduce_zero_label: bool = False,
+        eval_short_side: int | None = None,
+        max_images: int | None = None,
+        skip_counter: SkipCounter | None = None,
+    ) -> None:
+        self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
+        self.image_dir, self.mask_dir = Path(image_dir), Path(mask_dir)
+        for path, what in ((self.image_dir, "image folder"), (self.mask_dir, "mask folder")):
+            if not path.is_dir():
+                raise FileNotFoundError(f"{what} not found: {path}")
+        masks = {p.stem: p for p in self.mask_dir.iterdir() if p.suffix.lower() == ".png"}
+        images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        self.pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
+        self.missing_masks = len(images) - len(self.pairs)
+        if self.missing_masks:
+            self.skip_counter.add("missing_mask", f"{self.missing_masks} images in {self.image_dir} have no mask "
+                                  f"in {self.mask_dir}", n=self.missing_masks)
+        if max_images is not None:
+            self.pairs = self.pairs[:max_images]
+        if not self.pairs:
+            raise ValueError(f"empty dataset: no image/mask pairs (same stem) in {self.image_dir} and {self.mask_dir}")
+        self.train = train
+        self.crop_size = tuple(crop_size)
+        self.scale_range = tuple(scale_range)
+        self.hflip = hflip
+        self.reduce_zero_label = reduce_zero_label
+        self.eval_short_side = eval_short_side
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        image_path, mask_path = self.pairs[index]
+        try:
+            with Image.open(image_path) as im:
+                image = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            with Image.open(mask_path) as m:
+                mask = np.asarray(m, dtype=np.uint8).copy()
+        except (OSError, ValueError) as err:
+            self.skip_counter.add("unreadable_image", f"{image_path}: {err}")
+            return None
+        if mask.ndim != 2 or mask.shape != image.shape[:2]:
+            self.skip_counter.add("mask_size", f"{mask_path} is {mask.shape}, image {image.shape[:2]}")
+            return None
+        if self.reduce_zero_label:
+            mask = mask.astype(np.int64) - 1
+            mask[mask < 0] = IGNORE_INDEX
+            mask[mask == IGNORE_INDEX - 1] = IGNORE_INDEX
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        loaded = self._load(index)
+        if loaded is None:
+            return None
+        image_np, mask_np = loaded
+        image = torch.from_numpy(image_np).permute(2, 0, 1).float().div_(255.0)
+        mask = torch.from_numpy(mask_np.astype(np.int64))
+        if not self.train:
+            if self.eval_short_side:
+                h, w = image.shape[1:]
+                s = self.eval_short_side / min(h, w)
+                image = F.interpolate(image[None], size=(round(h * s), round(w * s)), mode="bilinear",
+                                      align_corners=False)[0]
+            return {"image": image, "mask": mask}
+        ch, cw = self.crop_size
+        h, w = image.shape[1:]
+        ratio = random.uniform(*self.scale_range) * max(ch, cw) / max(h, w)
+        nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
+        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+        mask = F.interpolate(mask[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+        ph, pw = max(ch - nh, 0), max(cw - nw, 0)
+        if ph or pw:
+            image = F.pad(image, (0, pw, 0, ph), value=0.0)
+            mask = F.pad(mask, (0, pw, 0, ph), value=IGNORE_INDEX)
+        y0 = random.randint(0, image.shape[1] - ch)
+        x0 = random.randint(0, image.shape[2] - cw)
+        image, mask = image[:, y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
+        if random.random() < self.hflip:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return {"image": image.contiguous(), "mask": mask.contiguous()}
+
+
+def collate_masks(batch: list) -> dict[str, Any]:
+    """Pad to the largest image/mask of the batch (image 0, mask 255); keep the true sizes.
+
+    Returns ``image`` [B, 3, H, W], ``mask`` [B, H', W'], ``image_sizes`` / ``mask_sizes`` lists of (h, w).
+    ``None`` items (unreadable pairs) are dropped.
+    """
+    kept = [b for b in batch if b is not None]
+    out: dict[str, Any] = {}
+    if not kept:
+        out.update(image=torch.zeros(0, 3, 1, 1), mask=torch.zeros(0, 1, 1, dtype=torch.long),
+                   image_sizes=[], mask_sizes=[])
+        return out
+    ih = max(b["image"].shape[1] for b in kept)
+    iw = max(b["image"].shape[2] for b in kept)
+    mh = max(b["mask"].shape[0] for b in kept)
+    mw = max(b["mask"].shape[1] for b in kept)
+    out["image"] = torch.stack([F.pad(b["image"], (0, iw - b["image"].shape[2], 0, ih - b["image"].shape[1]))
+                                for b in kept])
+    out["mask"] = torch.stack([F.pad(b["mask"], (0, mw - b["mask"].shape[1], 0, mh - b["mask"].shape[0]),
+                                     value=IGNORE_INDEX) for b in kept])
+    out["image_sizes"] = [tuple(b["image"].shape[1:]) for b in kept]
+    out["mask_sizes"] = [tuple(b["mask"].shape) for b in kept]
+    return out
+
+
+class MaskFolderDataModule(L.LightningDataModule):
+    """ADE20K-layout folders under ``root`` (see module docstring) for the segmentation recipe.
+
+    ``num_classes``: class count (255 excluded); ``None`` reads it from ``root/meta.json``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        num_classes: int | None = None,
+        train_split: str = "training",
+        val_split: str = "validation",
+        test_split: str | None = None,
+        crop_size: tuple[int, int] = (512, 512),
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip: float = 0.5,
+        reduce_zero_label: bool = False,
+        eval_short_side: int | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 0,
+        max_train_images: int | None = None,
+        max_val_images: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"segmentation data root not found: {self.root}")
+        meta_path = self.root / "meta.json"
+        self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if num_classes is None:
+            num_classes = self.meta.get("num_classes")
+            if num_classes is None:
+                raise ValueError(f"give num_classes (no meta.json with num_classes in {self.root})")
+        self._num_classes = int(num_classes)
+        self.save_hyperparameters()
+        # Store the resolved count (LightningCLI saves the config's value, maybe null): loggers merge these
+        # hparams with the model's and fail on different values of the same key.
+        self.hparams["num_classes"] = self._num_classes
+        self._hparams_initial["num_classes"] = self._num_classes
+        for split in (train_split, val_split, test_split):
+            if split is not None:
+                for sub in ("images", "annotations"):
+                    if not (self.root / sub / split).is_dir():
+                        raise FileNotFoundError(f"missing folder {self.root / sub / split} (ADE20K layout: "
+                                                "images/<split> and annotations/<split>)")
+        self.skip_counter = SkipCounter()
+        self._sets: dict[str, MaskFolder] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("segmentation_classes")
+
+    def _set(self, split: str, train: bool) -> MaskFolder:
+        if split not in self._sets:
+            h = self.hparams
+            self._sets[split] = MaskFolder(
+                self.root / "images" / split, self.root / "annotations" / split, train=train,
+                crop_size=tuple(h.crop_size), scale_range=tuple(h.scale_range), hflip=h.hflip,
+                reduce_zero_label=h.reduce_zero_label, eval_short_side=h.eval_short_side,
+                max_images=h.max_train_images if train else h.max_val_images, skip_counter=self.skip_counter,
+            )
+        return self._sets[split]
+
+    def skipped_counts(self) -> dict[str, int]:
+        return {"missing_mask": sum(s.missing_masks for s in self._sets.values())}
+
+    def check_labels(self, num_samples: int = 8) -> None:
+        """Read a few training masks and fail clearly when a label is >= num_classes (and not 255)."""
+        ds = self._set(self.hparams.train_split, True)
+        for i in range(min(num_samples, len(ds))):
+            loaded = ds._load(i)
+            if loaded is None:
+                continue
+            values = np.unique(loaded[1])
+            bad = values[(values != IGNORE_INDEX) & (values >= self._num_classes)]
+            if len(bad):
+                raise ValueError(
+                    f"class count mismatch: mask {ds.pairs[i][1]} has labels {bad.tolist()} but num_classes is "
+                    f"{self._num_classes} (ADE20K needs reduce_zero_label=true with 150 classes)"
+                )
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        self._set(h.train_split, True)
+        self.check_labels()
+        if h.val_split is not None:
+            self._set(h.val_split, False)
+        if h.test_split is not None:
+            self._set(h.test_split, False)
+
+    def _loader(self, split: str | None, train: bool, batch_size: int) -> DataLoader:
+        if split is None:
+            raise ValueError("this split is not configured")
+        ds = self._set(split, train)
+        # UPerNet's pyramid pooling has BatchNorm on 1x1 maps: a last batch of one would fail in training.
+        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_masks,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.train_split, True, self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.val_split, False, self.hparams.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split, or the val split when no test split is configured."""
+        return self._loader(self.hparams.test_split or self.hparams.val_split, False, self.hparams.val_batch_size)

@@ -1,0 +1,160 @@
+"""recipes.common: param groups, cosine schedule, atomic checkpoint IO, CSV log reading, curves, skip counter."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+
+import lightning.pytorch as pl
+import pytest
+import timm
+import torch
+
+import zoo  # noqa: F401 - registers zoo models
+from recipes.common import (
+    AtomicCheckpointIO,
+    FinalMetrics,
+    SkipCounter,
+    build_optimizer,
+    build_param_groups,
+    cosine_warmup_scheduler,
+    default_callbacks,
+    plot_curves,
+    read_csv_log,
+)
+
+
+def test_param_groups_no_weight_decay_from_model():
+    model = timm.create_model("nat_nano", num_classes=10)
+    nwd = model.no_weight_decay()
+    assert nwd and all(n.endswith(".rpb") for n in nwd), "NAT names its 2-D position tables"
+    groups = build_param_groups(model, weight_decay=0.05)
+    by_wd = {g["weight_decay"]: g["params"] for g in groups}
+    no_decay_ids = {id(p) for p in by_wd[0.0]}
+    names = dict(model.named_parameters())
+    for n in nwd:  # every no_weight_decay() name lands in the wd=0 group
+        assert id(names[n]) in no_decay_ids
+    for n, p in names.items():  # norms/biases (1-D) too; 2-D+ weights not named by the model decay
+        assert (id(p) in no_decay_ids) == (p.ndim <= 1 or n in nwd), n
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+
+
+def test_layer_decay_groups_scale_lr():
+    model = timm.create_model("nat_nano", num_classes=10)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    lrs = sorted({round(g["lr"], 12) for g in opt.param_groups})
+    assert len(lrs) > 2 and math.isclose(lrs[-1], 1e-3) and lrs[0] < 1e-3 * 0.5 ** 3
+
+
+def test_cosine_warmup_schedule_values():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = cosine_warmup_scheduler(opt, total_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(120):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_atomic_checkpoint_io_keeps_old_file_on_failure(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"a": torch.ones(2)}, path)
+    assert torch.load(path)["a"].sum() == 2
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("killed while saving")
+
+    with pytest.raises(RuntimeError):
+        io.save_checkpoint({"a": torch.zeros(2), "b": Boom()}, path)
+    assert torch.load(path)["a"].sum() == 2  # the old file is intact
+    # the partial file sits in a folder whose name Lightning's 'last' lookup does not match
+    assert not any("last" in f for f in os.listdir(tmp_path / "ckpts") if f != "last.ckpt")
+
+
+def _bump(c: SkipCounter) -> None:
+    for _ in range(3):
+        c.add("test", "x")
+
+
+def test_skip_counter_counts_across_processes():
+    c = SkipCounter()
+    c.add("corrupt", "a")
+    procs = [mp.get_context("fork").Process(target=_bump, args=(c,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert c.value == 7
+
+
+def test_read_csv_log_keeps_last_row_per_step_and_plots(tmp_path):
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("epoch,step,train/loss,val/acc1\n0,0,2.0,\n0,10,1.5,\n0,10,1.4,\n0,19,,0.5\n1,29,1.0,0.7\n")
+    s = read_csv_log(csv_path)
+    assert s["train/loss"] == [(0, 2.0), (10, 1.4), (29, 1.0)]
+    assert s["val/acc1"] == [(19, 0.5), (29, 0.7)]
+    png = plot_curves(s, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Tiny(pl.LightningModule):
+    task = "classification"
+    monitor, monitor_mode = "val/acc1", "max"
+
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Linear(4, 2)
+        self.save_hyperparameters()
+
+    def training_step(self, batch, i):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, i):
+        x, y = batch
+        self.log("val/acc1", (self.model(x).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_default_callbacks_write_checkpoints_metrics_and_curves(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from recipes.common import default_loggers
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    cbs = default_callbacks(tmp_path, every_n_train_steps=3, monitor="val/acc1", mode="max", progress_bar=False)
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=2, callbacks=cbs, logger=default_loggers(tmp_path),
+                         plugins=[AtomicCheckpointIO()], log_every_n_steps=1, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(_Tiny(), dl, dl)
+    ck = tmp_path / "checkpoints"
+    assert (ck / "last.ckpt").is_file()
+    assert torch.load(ck / "last.ckpt", weights_only=False)["global_step"] == 16
+    assert len(list(ck.glob("best-*.ckpt"))) == 1
+    assert trainer.checkpoint_callback.best_model_path.startswith(str(ck / "best-"))
+    assert isinstance(trainer.loggers[0], CSVLogger) and (tmp_path / "logs" / "metrics.csv").is_file()
+    assert list((tmp_path / "logs" / "tb").glob("events.*"))
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["global_step"] == 16 and m["task"] == "classification"
+    assert 0.0 <= m["best"]["val/acc1"] <= 1.0 and m["best_checkpoint"].endswith(".ckpt")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(isinstance(c, FinalMetrics) for c in cbs)

@@ -1,0 +1,110 @@
+"""Kill-and-resume, for real: ``tools/train.py fit`` in a subprocess is SIGKILLed mid-epoch after its first
+step checkpoint, then ``fit --ckpt_path last`` finishes. The resumed run ends at the same optimizer step as an
+uninterrupted run, and it trains exactly on the batches the killed run had not reached (the resumable sampler
+continues the same permutation). SLOW-ish: three CLI runs of a tiny timm model, ~40-60 s on 2 idle cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS_PER_EPOCH, EPOCHS, EVERY = 8, 2, 3  # 128 train images / batch 16
+
+
+def _config(tmp: Path, name: str, sleep: float) -> Path:
+    cfg = f"""
+seed_everything: 0
+ckpt_every_n_steps: {EVERY}
+no_progress_bar: true
+trainer:
+  default_root_dir: {tmp / name}
+  accelerator: cpu
+  devices: 1
+  max_epochs: {EPOCHS}
+  limit_val_batches: 1
+  log_every_n_steps: 1
+  enable_model_summary: false
+  use_distributed_sampler: false
+  callbacks:
+    - class_path: _slow_callback.SlowSteps
+      init_args: {{seconds: {sleep}, record: {tmp / (name + '.batches')}}}
+model:
+  class_path: recipes.classification.ClassificationModule
+  init_args: {{model_name: test_resnet, num_classes: 10, img_size: 32, lr: 0.003}}
+data:
+  class_path: recipes.data.NpzData
+  init_args: {{num_classes: 10, img_size: 32, batch_size: 16, eval_batch_size: 64, num_workers: 0,
+              train_limit: 128, scale: [1.0, 1.0], hflip: 0.0}}
+"""
+    p = tmp / f"{name}.yaml"
+    p.write_text(cfg)
+    return p
+
+
+def _cmd(cfg: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "tools" / "train.py"), "fit", "--config", str(cfg), *extra]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{Path(__file__).parent}{os.pathsep}{REPO}")
+    return env
+
+
+def _step(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+
+
+def _batches(path: Path) -> list[tuple[int, int, str]]:
+    return [tuple(line.split()) for line in path.read_text().splitlines()]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    total = STEPS_PER_EPOCH * EPOCHS
+    # uninterrupted reference
+    ref = subprocess.run(_cmd(_config(tmp_path, "ref", 0.0)), env=_env(), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert _step(tmp_path / "ref" / "checkpoints" / "last.ckpt") == total
+
+    # killed run: SIGKILL right after the first step checkpoint (step 3 of 8, mid-epoch 0)
+    cfg = _config(tmp_path, "run", 0.6)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(_cmd(cfg), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not last.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() - t0 < 240, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _step(last)
+    assert 0 < killed_at < STEPS_PER_EPOCH  # a mid-epoch checkpoint
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    loader_state = ck["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert loader_state["epoch"] == 0 and loader_state["batches_done"] == killed_at
+
+    # resume
+    res = subprocess.run(_cmd(cfg, "--ckpt_path", "last"), env=_env(), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _step(last) == total
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["global_step"] == total
+
+    # data position: after the resume the run trains on exactly the batches the reference saw at those steps
+    ref_b = _batches(tmp_path / "ref.batches")
+    run_b = _batches(tmp_path / "run.batches")
+    assert len(ref_b) == total
+    resumed = [b for b in run_b if int(b[1]) > killed_at][-(total - killed_at):]
+    assert [b[1] for b in resumed] == [str(s) for s in range(killed_at + 1, total + 1)]
+    assert [b[2] for b in resumed] == [b[2] for b in ref_b[killed_at:]]
