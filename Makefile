@@ -9,7 +9,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.2
 MODEL  ?=
 ARGS   ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-heavy lint bench clean
 
 setup: $(VENV)/.stamp
 
@@ -32,7 +32,11 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 -m "not heavy" tests
+
+# the slow export checks (tiny variants, dynamo exporter, detection/segmentation heads): minutes each on CPU
+test-heavy: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800 -m heavy tests
 
 lint: setup
 	$(BIN)/ruff check .
