@@ -3,9 +3,12 @@
 For each op and stage shape it times each backend that can run here (forced through
 ``zoo.ops.use_backend`` and confirmed with ``zoo.ops.last_path``): the median of ``--repeats`` runs after
 warm-up, forward only (``--backward`` adds forward+backward). Prints a table and writes JSON. Timings are
-measurements of this machine, never asserted anywhere.
+measurements of this machine, never asserted anywhere. On CUDA (``--device cuda``, the default when a GPU is
+present) the ``triton`` kernels are timed too, with ``--dtype bfloat16`` for the usual GPU setting, and the
+peak memory of each run is recorded; on CPU the triton path is skipped (its interpreter is for tests only).
 
     python tools/bench_ops.py --out out/bench_ops.json [--backward] [--ops attention,routed_attention]
+    python tools/bench_ops.py --device cuda --dtype bfloat16 --backward --out out/bench_ops_cuda.json
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import torch
 import zoo.ops as ops
 from zoo.ops import _dispatch
 
+DEVICE = torch.device("cpu")
+DTYPE = torch.float32
+
 TINY_STAGES = [(56, 64, 2), (28, 128, 4), (14, 256, 8), (7, 512, 16)]  # map side, dim, heads (d = 32)
 
 
 def _t(*shape, grad):
-    return torch.randn(*shape).requires_grad_(grad)
+    return torch.randn(*shape, device=DEVICE, dtype=DTYPE).requires_grad_(grad)
 
 
 def case_attention(grad: bool):
@@ -81,7 +87,14 @@ CASES: dict[str, Callable] = {
 }
 
 
-def _time(fn: Callable, backward: bool, repeats: int) -> float:
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _time(fn: Callable, backward: bool, repeats: int) -> tuple[float, float | None]:
+    """Median milliseconds over ``repeats`` runs after warm-up, and the peak memory (MiB, CUDA only)."""
+
     def run():
         out = fn()
         if backward:
@@ -89,12 +102,20 @@ def _time(fn: Callable, backward: bool, repeats: int) -> float:
 
     for _ in range(2):
         run()
+    _sync()
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        base = torch.cuda.memory_allocated(DEVICE)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         run()
+        _sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    peak = None
+    if DEVICE.type == "cuda":
+        peak = round((torch.cuda.max_memory_allocated(DEVICE) - base) / 2**20, 2)
+    return statistics.median(times) * 1e3, peak
 
 
 def main() -> None:
@@ -104,11 +125,15 @@ def main() -> None:
     ap.add_argument("--backward", action="store_true", help="time forward+backward instead of forward")
     ap.add_argument("--ops", default=",".join(CASES), help="comma-separated op names")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device("cpu")
+    global DEVICE, DTYPE
+    DEVICE = device = torch.device(args.device)
+    DTYPE = getattr(torch, args.dtype)
     rows = []
     print(ops.explain().split("ops (")[0])
     mode = "fwd+bwd" if args.backward else "fwd"
@@ -119,6 +144,8 @@ def main() -> None:
         impls = _dispatch._REGISTRY.get(op, {})
         for label, fn in CASES[op](args.backward):
             for backend in impls:
+                if backend == "triton" and device.type != "cuda":
+                    continue  # the Triton interpreter (TRITON_INTERPRET=1) is for tests, far too slow here
                 with ops.use_backend(backend), torch.set_grad_enabled(args.backward):
                     try:
                         fn()
@@ -128,13 +155,16 @@ def main() -> None:
                         continue
                     if ops.last_path(op) != backend:
                         continue  # this backend cannot run here; the dispatcher fell back
-                    ms = _time(fn, args.backward, args.repeats)
-                rows.append(dict(op=op, shape=label, path=backend, ms=round(ms, 3)))
-                print(f"{op:<26} {label:<40} {backend:<10} {ms:>10.2f}", flush=True)
+                    ms, peak = _time(fn, args.backward, args.repeats)
+                rows.append(dict(op=op, shape=label, path=backend, ms=round(ms, 3), peak_mib=peak))
+                extra = "" if peak is None else f"  {peak:>9.1f} MiB"
+                print(f"{op:<26} {label:<40} {backend:<10} {ms:>10.2f}{extra}", flush=True)
     meta = dict(
         machine=platform.machine(), processor=platform.processor() or platform.machine(),
         cpu_threads=torch.get_num_threads(), torch=torch.__version__, mode=mode, repeats=args.repeats,
-        auto_path={op: _dispatch.select(op, device, torch.float32).backend for op in args.ops.split(",")
+        device=str(device), dtype=args.dtype,
+        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        auto_path={op: _dispatch.select(op, device, DTYPE).backend for op in args.ops.split(",")
                    if op in _dispatch._REGISTRY},
     )
     out = Path(args.out)

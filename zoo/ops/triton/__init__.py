@@ -39,9 +39,11 @@ def interpreting() -> bool:
 def available(device: torch.device | str | None = None) -> bool:
     """Whether the Triton kernels can run here (on ``device``): Triton installed and either a CUDA device or
     ``TRITON_INTERPRET=1`` (CPU tensors, tests). Kernel modules already imported without the interpreter
-    cannot run on CPU, so CPU is refused then."""
+    cannot run on CPU, so CPU is refused then. While ``torch.compile`` traces, only a forced backend counts."""
     if not _has_triton():
         return False
+    if torch.compiler.is_compiling() and not forced():
+        return False  # inside torch.compile the kernels are not auto-chosen (untested there); force to use
     if device is None:
         return torch.cuda.is_available() or interpreting()
     dev = torch.device(device)

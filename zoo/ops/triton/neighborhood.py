@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, dot_flags, mma
+from ._common import LOG2E, dot_flags, mma, row_max, row_sum
 
 
 @triton.jit
@@ -80,8 +80,8 @@ def _na2d_fwd_kernel(
         mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0,
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     for t in range(KS):
         ky = gy + (sy + t) * DIL
         kpos = ky * WMAP + kcol
@@ -95,11 +95,11 @@ def _na2d_fwd_kernel(
             bias = tl.load(RPB + h * (2 * KS - 1) * (2 * KS - 1) + rel_y * (2 * KS - 1) + rel_x, mask=in_win, other=0.0)
             s += bias.to(tl.float32) * 1.4426950408889634
         s = tl.where(in_win, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, row_max(s))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + row_sum(p)
         v = tl.load(
             V + b * s_vb + h * s_vh + kpos[:, None] * s_vn + offs_dv[None, :] * s_vd,
             mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0,
@@ -151,7 +151,7 @@ def _na2d_bwd_kernel(
     )
     lse = tl.load(LSE + bh * HMAP * WMAP + qpos, mask=mask_m, other=0.0)
     delta = tl.load(DELTA + bh * HMAP * WMAP + qpos, mask=mask_m, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     RR = 2 * KS - 1
     for t in range(KS):
         ky = gy + (sy + t) * DIL

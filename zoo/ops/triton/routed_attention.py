@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, block, dot_flags, mma
+from ._common import LOG2E, block, dot_flags, mma, row_max, row_sum
 
 
 @triton.jit
@@ -55,8 +55,8 @@ def _routed_fwd_kernel(
         mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0,
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     for start in range(0, TOPK * n, BLOCK_N):
         kk = start + offs_n
         mask_n = kk < TOPK * n
@@ -68,10 +68,10 @@ def _routed_fwd_kernel(
         )
         s = mma(q, kt, PREC, UPCAST) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, row_max(s))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + row_sum(p)
         v = tl.load(
             V + b * s_vb + h * s_vh + ky[:, None] * s_vy + kx[:, None] * s_vx + offs_dv[None, :] * s_vd,
             mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0,
@@ -122,7 +122,7 @@ def _routed_bwd_kernel(
     row = ((b * NHEADS + h) * HMAP + qy) * WMAP + qx
     lse = tl.load(LSE + row, mask=mask_m, other=0.0)
     delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     base = (b * NHEADS + h) * HMAP
     for start in range(0, TOPK * n, BLOCK_N):
         kk = start + offs_n

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, block, dot_flags, mma, num_programs_target
+from ._common import LOG2E, block, dot_flags, mma, num_programs_target, row_max, row_sum
 
 
 @triton.jit
@@ -51,8 +51,8 @@ def _fwd_kernel(
         mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0,
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
     for start_n in range(0, NK, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < NK
@@ -68,11 +68,11 @@ def _fwd_kernel(
             )
             s += bias.to(tl.float32) * 1.4426950408889634
         s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, row_max(s))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + row_sum(p)
         v = tl.load(
             V + b * s_vb + h * s_vh + cols[:, None] * s_vn + offs_dv[None, :] * s_vd,
             mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0,
@@ -123,8 +123,8 @@ def _bwd_kernel(
                 V + b * s_vb + h * s_vh + cols[:, None] * s_vn + offs_dv[None, :] * s_vd,
                 mask=mask_n[:, None] & mask_dv[None, :], other=0.0,
             )
-            dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-            dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+            dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
+            dv = tl.full([BLOCK_N, BLOCK_DV], 0.0, tl.float32)
             for start_m in range(0, NQ, BLOCK_M):
                 rows = start_m + offs_m0
                 mask_m = rows < NQ
@@ -175,7 +175,7 @@ def _blocks(nq: int, nk: int, d: int, dv: int) -> dict:
     )
 
 
-def _bias_args(bias: torch.Tensor | None, shape: tuple[int, int, int, int], dtype: torch.dtype):
+def _bias_args(bias: torch.Tensor | None, shape: tuple[int, int, int, int]):
     """Bias as a (possibly stride-0) view of ``shape``; bool masks become additive fp32 (0 / -inf)."""
     if bias is None:
         return None, (0, 0, 0, 0)
@@ -192,7 +192,7 @@ class _WindowAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, scale):
         G, H, NQ, D = q.shape
         NK, DVD = k.shape[2], v.shape[3]
-        bias_view, bstr = _bias_args(bias, (G, H, NQ, NK), q.dtype)
+        bias_view, bstr = _bias_args(bias, (G, H, NQ, NK))
         o = torch.empty(G, H, NQ, DVD, device=q.device, dtype=q.dtype)
         lse = torch.empty(G, H, NQ, device=q.device, dtype=torch.float32)
         blocks = _blocks(NQ, NK, D, DVD)
@@ -259,8 +259,4 @@ def window_attention(
 
     ``bias`` (float or bool, broadcastable to ``[G, heads, Nq, Nk]``) gets a gradient when it requires one.
     """
-    if bias is not None and bias.dtype != torch.bool and bias.requires_grad and torch.is_grad_enabled():
-        return _WindowAttention.apply(q, k, v, bias, scale)
-    if bias is not None:
-        bias = bias.detach()
     return _WindowAttention.apply(q, k, v, bias, scale)
