@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -31,3 +31,51 @@ def map_key(key: str, key_map: Sequence[tuple[re.Pattern, Any]]) -> str | None:
         if m:
             return target(m) if callable(target) else m.expand(target)
     return None
+
+
+def map_keys(
+    state_dict: dict, key_map: Sequence[tuple[re.Pattern, Any]], drop: re.Pattern | None = None
+) -> tuple[dict, list[str]]:
+    """Map every key of ``state_dict`` with :func:`map_key`; keys matching ``drop`` (buffers the zoo rebuilds)
+    are skipped. Returns ``(mapped state dict, official keys without a mapping)``."""
+    out, unmatched = {}, []
+    for key, value in state_dict.items():
+        if drop is not None and drop.match(key):
+            continue
+        new = map_key(key, key_map)
+        if new is None:
+            unmatched.append(key)
+        else:
+            out[new] = value
+    return out, unmatched
+
+
+def check_fits(
+    converted: dict,
+    expected: dict,
+    family: str,
+    hint: str,
+    what: str = "the checkpoint",
+    is_head: Callable[[str], Any] = lambda k: k.startswith("head.fc."),
+) -> None:
+    """Raise one ValueError naming every zoo key nothing mapped to, every converted key the model lacks and
+    every shape mismatch between ``converted`` and the model's ``expected`` state dict. Classifier keys
+    (``is_head``) are left to timm, which drops them when ``num_classes`` differs."""
+    problems = []
+    missing = [k for k in expected if k not in converted and not is_head(k)]
+    extra = [k for k in converted if k not in expected and not is_head(k)]
+    if missing:
+        problems.append(f"zoo keys nothing mapped to: {missing}")
+    if extra:
+        problems.append(f"converted keys the model does not have: {extra}")
+    shapes = [
+        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in converted
+        if k in expected and not is_head(k) and converted[k].shape != expected[k].shape
+    ]
+    if shapes:
+        problems.append(f"shape mismatches: {shapes}")
+    if problems:
+        raise ValueError(
+            f"checkpoint_filter_fn({family}): {what} does not fit the model ({hint}); " + "; ".join(problems)
+        )

@@ -45,7 +45,7 @@ from ..layers import (
     RelPosBias,
 )
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import map_key, unwrap_state_dict
+from ._convert import check_fits, map_keys, unwrap_state_dict
 
 __all__ = [
     "AgentVisionTransformer",
@@ -702,19 +702,6 @@ def _layout(keys: list[str]) -> str | None:
     return None
 
 
-def _map_keys(sd: dict, table: list[tuple[re.Pattern, Any]]) -> tuple[dict, list[str]]:
-    out, unmatched = {}, []
-    for k, v in sd.items():
-        if _DROP.match(k):
-            continue
-        new = map_key(k, table)
-        if new is None:
-            unmatched.append(k)
-        else:
-            out[new] = v
-    return out, unmatched
-
-
 def _resize_axes(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Linear (``align_corners=False``) resize of every axis where ``t`` and ``shape`` differ (agent biases)."""
     import torch.nn.functional as F
@@ -776,7 +763,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
         out = dict(sd)
     else:
         table = {"swin": _SWIN_MAP, "pvt": _PVT_MAP, "deit": _DEIT_MAP}[layout]
-        out, unmatched = _map_keys(sd, table)
+        out, unmatched = map_keys(sd, table, drop=_DROP)
         if unmatched:
             raise ValueError(
                 f"checkpoint_filter_fn(agent): {len(unmatched)} official Agent-{layout} keys have no mapping "
@@ -786,25 +773,9 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
         out = _fit_to_model(out, model)
         expected = model.state_dict()
         is_head = re.compile(r"^head\.(fc\.)?(weight|bias)$").match
-        problems = []
-        missing = [k for k in expected if k not in out and not is_head(k)]
-        extra = [k for k in out if k not in expected and not is_head(k)]
-        if missing:
-            problems.append(f"zoo keys nothing mapped to: {missing}")
-        if extra:
-            problems.append(f"converted keys the model does not have: {extra}")
-        shapes = [
-            f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in out
-            if k in expected and not is_head(k) and out[k].shape != expected[k].shape
-        ]
-        if shapes:
-            problems.append(f"shape mismatches: {shapes}")
-        if problems:
-            raise ValueError(
-                f"checkpoint_filter_fn(agent): the {layout} checkpoint does not fit the model (another variant "
-                "or family?); " + "; ".join(problems)
-            )
+        check_fits(
+            out, expected, "agent", "another variant or family?", what=f"the {layout} checkpoint", is_head=is_head
+        )
     return out
 
 

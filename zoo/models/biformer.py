@@ -36,7 +36,7 @@ from torch import nn
 
 from ..layers import AttentionLePE, BiLevelRoutingAttention, Block, ConvBNDownsample, ConvBNStem, DWConvPos
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import guess_family, map_key, unwrap_state_dict
+from ._convert import check_fits, guess_family, map_keys, unwrap_state_dict
 
 __all__ = ["VARIANTS", "biformer_cfg", "biformer_cfg_from_official", "checkpoint_filter_fn", "parity_model"]
 
@@ -287,13 +287,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
                 "checkpoint_filter_fn(biformer): not a BiFormer checkpoint (no 'downsample_layers.0.*' stem keys; "
                 f"first keys {keys[:3]}){hint}"
             )
-        out, unmatched = {}, []
-        for k, v in sd.items():
-            new = map_key(k, _KEY_MAP)
-            if new is None:
-                unmatched.append(k)
-            else:
-                out[new] = v
+        out, unmatched = map_keys(sd, _KEY_MAP)
         if unmatched:
             raise ValueError(
                 f"checkpoint_filter_fn(biformer): {len(unmatched)} official keys have no mapping (another model, "
@@ -301,25 +295,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
             )
     if model is not None:
         expected = model.state_dict()
-        problems = []
-        missing = [k for k in expected if k not in out and not k.startswith("head.fc.")]
-        extra = [k for k in out if k not in expected and not k.startswith("head.fc.")]
-        if missing:
-            problems.append(f"zoo keys nothing mapped to: {missing}")
-        if extra:
-            problems.append(f"converted keys the model does not have: {extra}")
-        shapes = [
-            f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in out
-            if k in expected and not k.startswith("head.fc.") and out[k].shape != expected[k].shape
-        ]
-        if shapes:
-            problems.append(f"shape mismatches: {shapes}")
-        if problems:
-            raise ValueError(
-                "checkpoint_filter_fn(biformer): the checkpoint does not fit the model (another variant? layer "
-                "scale?); " + "; ".join(problems)
-            )
+        check_fits(out, expected, "biformer", "another variant? layer scale?")
     return out
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..layers import Block, MaxViTStem, MBConv, PartitionAttention, RelPosBias, resize_rel_pos_bias_tables
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_stem
-from ._convert import guess_family, unwrap_state_dict
+from ._convert import check_fits, guess_family, unwrap_state_dict
 
 __all__ = [
     "MaxViT",
@@ -430,25 +430,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
             out = resize_rel_pos_bias_tables(out, model)
         except ValueError as e:
             raise ValueError(f"checkpoint_filter_fn(maxvit): {e}") from e
-        problems = []
-        missing = [k for k in expected if k not in out and not k.startswith("head.fc.")]
-        extra = [k for k in out if k not in expected and not k.startswith("head.fc.")]
-        if missing:
-            problems.append(f"zoo keys nothing mapped to: {missing}")
-        if extra:
-            problems.append(f"converted keys the model does not have: {extra}")
-        shapes = [
-            f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in out
-            if k in expected and not k.startswith("head.fc.") and out[k].shape != expected[k].shape
-        ]
-        if shapes:
-            problems.append(f"shape mismatches: {shapes}")
-        if problems:
-            raise ValueError(
-                "checkpoint_filter_fn(maxvit): the checkpoint does not fit the model (another variant?); "
-                + "; ".join(problems)
-            )
+        check_fits(out, expected, "maxvit", "another variant?")
     return out
 
 

@@ -40,7 +40,7 @@ from ..layers import (
     resize_rel_pos_bias_table,
 )
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import guess_family, map_key, unwrap_state_dict
+from ._convert import check_fits, guess_family, map_keys, unwrap_state_dict
 
 __all__ = ["VARIANTS", "checkpoint_filter_fn", "nat_cfg", "nat_cfg_from_official", "parity_model"]
 
@@ -280,13 +280,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
                 "checkpoint_filter_fn(nat): not a NAT/DiNAT checkpoint (no 'levels.*.attn.rpb' / "
                 f"'layers.*.attn.rpb' keys; first keys {keys[:3]}){hint}"
             )
-        out, unmatched = {}, []
-        for k, v in sd.items():
-            new = map_key(k, _KEY_MAP)
-            if new is None:
-                unmatched.append(k)
-            else:
-                out[new] = v
+        out, unmatched = map_keys(sd, _KEY_MAP)
         if unmatched:
             raise ValueError(
                 f"checkpoint_filter_fn(nat): {len(unmatched)} official keys have no mapping "
@@ -299,25 +293,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
                 if v.dim() == 3 and v.shape[0] == expected[k].shape[0]:
                     new_k = (expected[k].shape[1] + 1) // 2
                     out[k] = resize_rel_pos_bias_table(v, new_k, mode="bicubic")
-        problems = []
-        missing = [k for k in expected if k not in out and not k.startswith("head.fc.")]
-        extra = [k for k in out if k not in expected and not k.startswith("head.fc.")]
-        if missing:
-            problems.append(f"zoo keys nothing mapped to: {missing}")
-        if extra:
-            problems.append(f"converted keys the model does not have: {extra}")
-        shapes = [
-            f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in out
-            if k in expected and not k.startswith("head.fc.") and out[k].shape != expected[k].shape
-        ]
-        if shapes:
-            problems.append(f"shape mismatches: {shapes}")
-        if problems:
-            raise ValueError(
-                "checkpoint_filter_fn(nat): the checkpoint does not fit the model (another variant? NAT vs "
-                "DiNAT_s? layer scale?); " + "; ".join(problems)
-            )
+        check_fits(out, expected, "nat", "another variant? NAT vs DiNAT_s? layer scale?")
     return out
 
 
