@@ -221,6 +221,15 @@ def test_deit_api():
     assert m.feature_info[-1]["reduction"] == 16
 
 
+def test_deit_reset_classifier_keeps_eval_mode():
+    """Regression: the new head of an eval-mode Agent-DeiT was created in training mode."""
+    m = timm.create_model("agent_deit_t", num_classes=4).eval()
+    m.reset_classifier(7)
+    assert not any(mod.training for mod in m.modules())
+    m.train().reset_classifier(3)
+    assert all(mod.training for mod in m.modules())
+
+
 def test_no_weight_decay():
     with torch.device("meta"):
         m = timm.create_model("agent_swin_t")

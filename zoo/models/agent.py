@@ -560,6 +560,7 @@ class AgentVisionTransformer(nn.Module):
 
         dd = get_device_dtype(self)
         self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)  # a new head follows the model's train/eval mode
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         from ..layers import resample_abs_pos_embed
