@@ -73,16 +73,27 @@ log = logging.getLogger("recipes")
 # optimizer + schedule
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full parameter names that every module's ``no_weight_decay()`` lists, prefixed with the module's path:
+    a backbone nested in a detection or segmentation model (``backbone.body.…``, ``encoder.model.…``)
+    keeps its exclusions, not only the top-level model's."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            names.update(f"{prefix}.{n}" if prefix else n for n in fn())
+    return names
+
+
 def build_param_groups(
     model: nn.Module, weight_decay: float, layer_decay: float | None = None
 ) -> list[dict[str, Any]]:
     """Parameter groups as timm makes them: no weight decay for 1-D params (norms, biases) and for the names
-    in ``model.no_weight_decay()``; optional layer-wise LR decay (needs ``model.group_matcher``)."""
+    that ``no_weight_decay()`` of the model or of any submodule lists (:func:`no_weight_decay_names`);
+    optional layer-wise LR decay (needs ``model.group_matcher``)."""
     from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
-    no_wd: set[str] = set()
-    if hasattr(model, "no_weight_decay"):
-        no_wd = set(model.no_weight_decay())
+    no_wd = no_weight_decay_names(model)
     if layer_decay is not None and hasattr(model, "group_matcher"):
         return param_groups_layer_decay(
             model, weight_decay=weight_decay, layer_decay=layer_decay, no_weight_decay_list=no_wd

@@ -43,6 +43,26 @@ def test_param_groups_no_weight_decay_from_model():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
 
 
+def test_param_groups_no_weight_decay_of_nested_backbone():
+    """Regression: only the top-level no_weight_decay() was read, so a backbone wrapped by a detection or
+    segmentation model had its position tables decayed."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.ModuleDict({"body": timm.create_model("nat_nano", num_classes=0)})
+            self.head = torch.nn.Linear(4, 4)
+
+    model = Wrapper()
+    nested = {f"backbone.body.{n}" for n in model.backbone["body"].no_weight_decay()}
+    assert nested
+    groups = build_param_groups(model, weight_decay=0.05)
+    no_decay_ids = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert all(id(names[n]) in no_decay_ids for n in nested)
+    assert id(names["head.weight"]) not in no_decay_ids
+
+
 def test_layer_decay_groups_scale_lr():
     model = timm.create_model("nat_nano", num_classes=10)
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)

@@ -31,6 +31,21 @@ def check_finite(op: str, **tensors: torch.Tensor | None) -> None:
             )
 
 
+def checked_output(op: str, out: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
+    """Return ``out``; if it holds NaN or Inf, raise naming the first non-finite input (CPU; see
+    ZOO_CHECK_FINITE).
+
+    Checking the (contiguous) output costs one pass over a tensor a third the size of q, k, v, which
+    are often strided views; the inputs are only inspected when the output is not finite. Non-finite
+    inputs reach the output (NaN propagates through the softmax and the products), so the error is the
+    same one :func:`check_finite` on the inputs would raise. An output made non-finite by the op itself
+    from finite inputs (e.g. a fully masked row) passes, as before.
+    """
+    if out.is_floating_point() and _checks_enabled(out) and not bool(torch.isfinite(out).all()):
+        check_finite(op, **inputs)
+    return out
+
+
 def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int, layout: str) -> None:
     """Check rank, matching batch/head dims and head dims of q, k, v (layout names the dims)."""
     for name, t in (("q", q), ("k", k), ("v", v)):

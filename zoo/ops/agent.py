@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_finite, check_qkv
+from ._checks import check_qkv, checked_output
 from ._dispatch import register, select
 
 
@@ -150,6 +150,6 @@ def agent_attention(
     n, Nk = agent.shape[-2], k.shape[-2]
     _check_bias("agent_bias", agent_bias, (B, h, n, Nk), "[B, heads, n, Nk] =")
     _check_bias("query_bias", query_bias, (B, h, Nq, n), "[B, heads, Nq, n] =")
-    check_finite("agent_attention", q=q, k=k, v=v, agent=agent)
     impl = select("agent_attention", q.device, q.dtype)
-    return impl.fn(q, k, v, agent, agent_bias, query_bias, scale)
+    out = impl.fn(q, k, v, agent, agent_bias, query_bias, scale)
+    return checked_output("agent_attention", out, q=q, k=k, v=v, agent=agent)

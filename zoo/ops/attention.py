@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton as _triton
-from ._checks import check_finite, check_qkv
+from ._checks import check_qkv, checked_output
 from ._dispatch import register, select
 
 
@@ -148,9 +148,8 @@ def attention(
         raise ValueError(f"attention: q must be [B, heads, N, d], got shape {tuple(q.shape)}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: k and v need the same number of keys, got {k.shape[-2]} and {v.shape[-2]}")
-    check_finite("attention", q=q, k=k, v=v)
     impl = select(
         "attention", q.device, q.dtype, nq=q.shape[-2], nk=k.shape[-2], d=q.shape[-1], dv=v.shape[-1],
         ndim=q.dim(), has_bias=bias is not None,
     )
-    return impl.fn(q, k, v, bias, scale)
+    return checked_output("attention", impl.fn(q, k, v, bias, scale), q=q, k=k, v=v)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton as _triton
-from ._checks import check_finite, check_qkv
+from ._checks import check_qkv, checked_output
 from ._dispatch import has_module, register, select
 from .attention import attention
 
@@ -343,7 +343,7 @@ def _run(op, q, k, v, spatial, kernel_size, dilation, rpb, scale, attn_drop):
     flat = [t.reshape(B, h, n, t.shape[-1]) for t in (q, k, v)]
     rpb_flat = None if rpb is None else rpb.reshape(h, -1).to(q.dtype)
     out = impl.fn(*flat, tuple(spatial), kernel_size, dilation, rpb_flat, scale, attn_drop)
-    return out.reshape(*q.shape[:-1], v.shape[-1])
+    return checked_output(op, out.reshape(*q.shape[:-1], v.shape[-1]), q=q, k=k, v=v, rpb=rpb)
 
 
 def _validate(op, q, k, v, ndim, layout, rpb):
@@ -353,7 +353,6 @@ def _validate(op, q, k, v, ndim, layout, rpb):
             f"{op}: q, k, v must share {layout} except v's last dim, got {tuple(q.shape)}, "
             f"{tuple(k.shape)}, {tuple(v.shape)}"
         )
-    check_finite(op, q=q, k=k, v=v, rpb=rpb)
 
 
 def neighborhood_attention2d(

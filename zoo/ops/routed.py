@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton as _triton
-from ._checks import check_finite, check_qkv
+from ._checks import check_qkv, checked_output
 from ._dispatch import register, select
 from .attention import attention_sdpa
 
@@ -329,8 +329,8 @@ def routed_attention(
     (nh, nw), topk = _validate("routed_attention", q, k, v, num_regions, topk)
     if indices is not None:
         _check_indices("routed_attention", indices, q.shape[0], nh * nw, topk)
-    check_finite("routed_attention", q=q, k=k, v=v)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     dense = topk == nh * nw and indices is None
     impl = select(_OP, q.device, q.dtype, needs_grad=needs_grad, dense=dense)
-    return impl.fn(q, k, v, (nh, nw), topk, _default_scale(q, scale), indices)
+    out = impl.fn(q, k, v, (nh, nw), topk, _default_scale(q, scale), indices)
+    return checked_output("routed_attention", out, q=q, k=k, v=v)
