@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from recipes.common import SkipCounter
 from recipes.data.loader import ResumableDataLoader, ResumableSampler, dist_info, skip_none_collate
-from recipes.data.shards import CountingHandler, expand_shards, make_pipeline, read_meta
+from recipes.data.shards import CountingHandler, ResumableShardLoader, expand_shards, make_pipeline, read_meta
 
 __all__ = [
     "DEFAULT_NPZ",
@@ -343,24 +343,30 @@ class ShardData(ClassificationData):
         if not self.epoch_samples:
             raise ValueError("ShardData: set epoch_samples (no meta.json with the train sample count)")
 
-    def _wds_loader(self, split: str, train: bool) -> Any:
+    def _wds_loader(self, split: str, train: bool, seed: int | None = None) -> Any:
         import webdataset as wds
 
-        _, world = dist_info()
         bs = self.batch_size if train else self.eval_batch_size
         ds = make_pipeline(self.urls[split], _Decode(self.transform(train)),
                            CountingHandler(self.skip_counter, f"bad {split} shard sample"), bs, train,
-                           self.resampled and train, seed=self.seed, shuffle_buffer=self.shuffle_buffer)
+                           self.resampled and train, seed=self.seed if seed is None else seed,
+                           shuffle_buffer=self.shuffle_buffer)
         ds = ds.compose(wds.map(_stack))
-        loader = wds.WebLoader(ds, batch_size=None, num_workers=self.num_workers,
-                               persistent_workers=self.num_workers > 0)
-        if train:
-            nb = max(1, int(self.epoch_samples) // (bs * world))
-            loader = loader.with_epoch(nb).with_length(nb, silent=True)
-        return loader
+        if not train:
+            return wds.WebLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                 persistent_workers=self.num_workers > 0)
+        # a fresh loader per epoch (workers see that epoch's seeds), worker RNGs seeded from it
+        return wds.WebLoader(ds, batch_size=None, num_workers=self.num_workers,
+                             generator=torch.Generator().manual_seed(seed))
+
+    def _epoch(self) -> int:
+        return int(self.trainer.current_epoch) if self.trainer is not None else 0
 
     def train_dataloader(self) -> Any:
-        return self._wds_loader("train", True)
+        _, world = dist_info()
+        nb = max(1, int(self.epoch_samples) // (self.batch_size * world))
+        return ResumableShardLoader(lambda seed: self._wds_loader("train", True, seed), nb, self.seed,
+                                    epoch=self._epoch, progress=self._progress)
 
     def val_dataloader(self) -> Any:
         return self._wds_loader("val" if "val" in self.urls else "train", False)

@@ -11,7 +11,7 @@ import glob
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from recipes.common import SkipCounter
 from recipes.data.loader import dist_info
 
-__all__ = ["CountingHandler", "SplitShards", "expand_shards", "read_meta"]
+__all__ = ["CountingHandler", "ResumableShardLoader", "SplitShards", "epoch_seed", "expand_shards", "read_meta"]
 
 
 class CountingHandler:
@@ -130,3 +130,59 @@ def make_pipeline(
         ds = ds.compose(wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), seed=seed))
     ds = ds.compose(wds.map(decode, handler=handler), wds.batched(batch_size, partial=not train))
     return ds
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shard order, shuffle buffer and worker RNGs (the same on every rank)."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**31)
+
+
+class ResumableShardLoader:
+    """Training loader over webdataset shards that is reproducible per epoch and resumes mid-epoch.
+
+    ``make_loader(seed)`` builds the epoch's loader (shard order, shuffle buffer and DataLoader worker seeds
+    all from ``epoch_seed(seed, epoch)``), so epoch ``e`` yields the same batches in the same order whenever
+    it runs, and different epochs differ (webdataset re-seeds its shuffles identically on every pass).
+    ``epoch()`` and ``progress()`` read the trainer's epoch and the batches trained in it; ``state_dict`` /
+    ``load_state_dict`` follow Lightning's stateful-loader protocol. On resume the first ``batches_done``
+    batches of the epoch are read again and dropped (a stream has no random access): the position is exact,
+    at the cost of re-reading that part of the epoch. Augmentation draws are reproduced when
+    ``num_workers > 0`` (worker RNGs are seeded per epoch); with ``num_workers=0`` they come from the
+    training process's RNG, which Lightning does not restore.
+    """
+
+    def __init__(self, make_loader: Callable[[int], Iterable[Any]], num_batches: int, seed: int,
+                 epoch: Callable[[], int], progress: Callable[[], int] | None = None) -> None:
+        self.make_loader, self.num_batches, self.seed = make_loader, int(num_batches), int(seed)
+        self.epoch, self.progress = epoch, progress
+        self._skip = 0
+        self._resume_epoch: int | None = None
+        self._yielded = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = int(self.epoch())
+        skip = self._skip if self._resume_epoch == epoch else 0
+        self._skip, self._resume_epoch = 0, None
+        self._yielded = skip
+        it = iter(self.make_loader(epoch_seed(self.seed, epoch)))
+        for i, batch in enumerate(it):
+            if i >= self.num_batches:
+                break
+            if i < skip:
+                continue
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        done = self.progress() if self.progress is not None else self._yielded
+        epoch = int(self.epoch())
+        if done >= self.num_batches:  # epoch finished: the next one starts from its first batch
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": int(done), "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_epoch = int(state["epoch"])
+        self._skip = int(state["batches_done"])

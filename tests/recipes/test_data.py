@@ -183,3 +183,31 @@ def test_skipped_samples_reach_the_logged_metrics(tmp_path):
     assert float(trainer.callback_metrics["data/skipped"]) >= 2
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["skipped_samples"] >= 2 and m["final"]["data/skipped"] >= 2
+
+
+def test_shard_epochs_differ_and_replay_exactly(tmp_path):
+    """Regression: webdataset re-seeds its shuffles identically on every pass, so every epoch had the same
+    order. Now each epoch has its own order, an epoch replays identically, and a loader restored from
+    ``{"epoch": e, "batches_done": k}`` continues with batch k of epoch e."""
+    _write_shards(tmp_path / "sh", n_shards=4, per=6)
+    dm = ShardData(train_shards=str(tmp_path / "sh"), img_size=16, batch_size=4, num_workers=0, shuffle_buffer=8,
+                   scale=(1.0, 1.0), hflip=0.0)
+    dm.setup("fit")
+    dl = dm.train_dataloader()
+    epoch = {"e": 0}
+    dl.epoch = lambda: epoch["e"]
+
+    def run():
+        return [(x.mean(dim=(1, 2, 3)).tolist(), y.tolist()) for x, y in dl]
+
+    e0 = run()
+    epoch["e"] = 1
+    e1 = run()
+    assert len(e0) == len(e1) == 6
+    assert e0 != e1
+    assert run() == e1
+    dl.load_state_dict({"epoch": 1, "batches_done": 2})
+    assert run() == e1[2:]
+    assert run() == e1  # the skip applies to one pass only
+    dl.load_state_dict({"epoch": 3, "batches_done": 2})
+    assert run() == e1  # a state for another epoch does not skip this one

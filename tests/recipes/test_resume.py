@@ -1,7 +1,9 @@
 """Kill-and-resume, for real: ``tools/train.py fit`` in a subprocess is SIGKILLed mid-epoch after its first
 step checkpoint, then ``fit --ckpt_path last`` finishes. The resumed run ends at the same optimizer step as an
-uninterrupted run, and it trains exactly on the batches the killed run had not reached (the resumable sampler
-continues the same permutation). SLOW-ish: three CLI runs of a tiny timm model, ~40-60 s on 2 idle cores."""
+uninterrupted run, and it trains exactly on the batches the killed run had not reached: for the embedded npz
+the resumable sampler continues the same permutation; for webdataset shards the epoch's stream is rebuilt from
+its seed and the batches already trained are read again and dropped. SLOW-ish: three CLI runs of a tiny timm
+model per data kind, ~40-60 s each on 2 idle cores."""
 
 from __future__ import annotations
 
@@ -13,13 +15,43 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH, EPOCHS, EVERY = 8, 2, 3  # 128 train images / batch 16
 
 
-def _config(tmp: Path, name: str, sleep: float) -> Path:
+NPZ_DATA = """  class_path: recipes.data.NpzData
+  init_args: {num_classes: 10, img_size: 32, batch_size: 16, eval_batch_size: 64, num_workers: 0,
+              train_limit: 128, scale: [1.0, 1.0], hflip: 0.0}"""
+SHARD_DATA = """  class_path: recipes.data.ShardData
+  init_args: {{train_shards: {shards}, num_classes: 10, img_size: 32, batch_size: 16, eval_batch_size: 64,
+              num_workers: {workers}, shuffle_buffer: 64, scale: [1.0, 1.0], hflip: 0.0}}"""
+
+
+def _write_shards(d: Path, n: int = 128, per: int = 32) -> None:
+    """The first ``n`` embedded Fashion-MNIST train images as PNG shards + meta.json."""
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    from recipes.data.classification import DEFAULT_NPZ
+
+    z = np.load(DEFAULT_NPZ)
+    d.mkdir(parents=True)
+    for s in range(n // per):
+        with wds.TarWriter(str(d / f"train-{s:06d}.tar")) as w:
+            for i in range(s * per, (s + 1) * per):
+                buf = io.BytesIO()
+                Image.fromarray(z["x_train"][i]).save(buf, format="PNG")
+                w.write({"__key__": f"{i:06d}", "png": buf.getvalue(), "cls": str(int(z["y_train"][i])).encode()})
+    (d / "meta.json").write_text(json.dumps({"num_classes": 10, "samples": n}))
+
+
+def _config(tmp: Path, name: str, sleep: float, data: str = NPZ_DATA) -> Path:
     cfg = f"""
 seed_everything: 0
 ckpt_every_n_steps: {EVERY}
@@ -40,9 +72,7 @@ model:
   class_path: recipes.classification.ClassificationModule
   init_args: {{model_name: test_resnet, num_classes: 10, img_size: 32, lr: 0.003}}
 data:
-  class_path: recipes.data.NpzData
-  init_args: {{num_classes: 10, img_size: 32, batch_size: 16, eval_batch_size: 64, num_workers: 0,
-              train_limit: 128, scale: [1.0, 1.0], hflip: 0.0}}
+{data}
 """
     p = tmp / f"{name}.yaml"
     p.write_text(cfg)
@@ -66,16 +96,21 @@ def _batches(path: Path) -> list[tuple[int, int, str]]:
     return [tuple(line.split()) for line in path.read_text().splitlines()]
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("kind", ["npz", "shards", "shards-2-workers"])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, kind):
     total = STEPS_PER_EPOCH * EPOCHS
+    data = NPZ_DATA
+    if kind != "npz":
+        _write_shards(tmp_path / "shards")
+        data = SHARD_DATA.format(shards=tmp_path / "shards", workers=2 if kind.endswith("workers") else 0)
     # uninterrupted reference
-    ref = subprocess.run(_cmd(_config(tmp_path, "ref", 0.0)), env=_env(), cwd=tmp_path, capture_output=True,
+    ref = subprocess.run(_cmd(_config(tmp_path, "ref", 0.0, data)), env=_env(), cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert _step(tmp_path / "ref" / "checkpoints" / "last.ckpt") == total
 
     # killed run: SIGKILL right after the first step checkpoint (step 3 of 8, mid-epoch 0)
-    cfg = _config(tmp_path, "run", 0.6)
+    cfg = _config(tmp_path, "run", 0.6, data)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(_cmd(cfg), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
