@@ -379,6 +379,24 @@ def _export_dynamo(mod, x, path, opset, names_in, names_out, dynamic_batch, dyna
             dynamic_shapes={"x": axes} if axes else None, verbose=False, optimize=True,
         )
     prog.save(str(path), external_data=big)
+    _name_input_dims(path, {0: "batch", 2: "height", 3: "width"})
+
+
+def _name_input_dims(path, labels: dict[int, str]) -> None:
+    """Rename the dynamo exporter's symbolic input dims (``s0``, ``s1``...) to the names the TorchScript
+    path writes (``batch``, ``height``, ``width``), everywhere the same symbol appears in the graph."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    mapping = {dims[i].dim_param: name for i, name in labels.items() if i < len(dims) and dims[i].dim_param}
+    if not mapping:
+        return
+    for info in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for d in info.type.tensor_type.shape.dim:
+            if d.dim_param in mapping:
+                d.dim_param = mapping[d.dim_param]
+    onnx.save_model(model, str(path))
 
 
 def _write_final(tmp: Path, path: Path) -> str | None:
@@ -401,10 +419,26 @@ def _write_final(tmp: Path, path: Path) -> str | None:
     return data
 
 
-def default_check_sizes(h: int, w: int, min_size: int = 32) -> list[tuple[int, int]]:
-    """The export size and a second size that is not a multiple of 32 (``h-24``, ``w+8``; larger if small)."""
+def default_check_sizes(h: int, w: int, min_size: int = 32, multiple: int = 1) -> list[tuple[int, int]]:
+    """The export size and a second size that is not a multiple of 32 (``h-24``, ``w+8``; larger if small).
+
+    ``multiple > 1``: the model only takes sizes divisible by it (e.g. smp segmentation models, whose input
+    must be a multiple of the encoder's output stride): the second size is ``(h + m, w + 2m)`` instead."""
+    if multiple > 1:
+        return [(h, w), (h + multiple, w + 2 * multiple)]
     h2 = h - 24 if h - 24 >= max(min_size, 32) else h + 8
     return [(h, w), (h2, w + 8)]
+
+
+def required_input_multiple(module: nn.Module) -> int:
+    """The size multiple a model insists on (1 when any size goes): smp models that check the input against
+    ``encoder.output_stride`` (``requires_divisible_input_shape``)."""
+    for m in module.modules():
+        if getattr(m, "requires_divisible_input_shape", False):
+            stride = getattr(getattr(m, "encoder", None), "output_stride", None)
+            if stride:
+                return int(stride)
+    return 1
 
 
 def verify_onnx(
@@ -511,7 +545,8 @@ def export_onnx(
         verify: run onnx.checker and onnxruntime (strongly recommended; the only guard against graphs that
             are silently wrong at other sizes).
         check_sizes: (H, W) sizes to verify when ``dynamic_size``; default the export size and a size that is
-            not a multiple of 32 (:func:`default_check_sizes`).
+            not a multiple of 32 (:func:`default_check_sizes`), or another multiple of the stride for models
+            that refuse other sizes (smp segmentation models, :func:`required_input_multiple`).
         atol, rtol: tolerance of the comparison (default 1e-4, fp16 5e-2).
         verbose: print the summary.
     Raises:
@@ -586,8 +621,12 @@ def export_onnx(
             if o.dim() == 4:
                 dyn_axes[n].update({2: f"{n}_height", 3: f"{n}_width"})
 
-    sizes = list(check_sizes) if check_sizes else (default_check_sizes(h0, w0, min_size) if dynamic_size
-                                                     else [(h0, w0)])
+    if check_sizes:
+        sizes = list(check_sizes)
+    elif dynamic_size:
+        sizes = default_check_sizes(h0, w0, min_size, multiple=required_input_multiple(ref))
+    else:
+        sizes = [(h0, w0)]
     batches = [1, 2] if dynamic_batch else [batch_size]
     shapes = [(batches[0], c0) + tuple(sizes[0])]
     shapes += [(b, c0) + tuple(sizes[0]) for b in batches[1:]]
@@ -718,6 +757,7 @@ __all__ = [
     "HeadWrapper",
     "build_model",
     "default_check_sizes",
+    "required_input_multiple",
     "export_onnx",
     "MatmulAdaptiveAvgPool2d",
     "load_checkpoint_strict",

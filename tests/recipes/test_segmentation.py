@@ -107,6 +107,17 @@ def test_fit_resume_test_zoo_backbone_upernet(tmp_path: Path, scenes: Path) -> N
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 11, 64, 64)
 
+    # the trained checkpoint exports through the CLI and matches in onnxruntime (UPerNet's PSP pools replaced)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_cli", Path(__file__).parents[2] / "tools" / "export.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "seg.onnx"
+    assert cli.main([str(last), "-o", str(out), "--img-size", "64", "--json", str(tmp_path / "seg.json")]) == 0
+    rec = json.loads((tmp_path / "seg.json").read_text())
+    assert rec["ok"] and rec["max_abs"] <= 1e-4 and out.is_file()
+
 
 def test_fit_timm_backbone_fpn(tmp_path: Path, scenes: Path) -> None:
     """FPN + timm resnet18, whole-image eval at the masks' original size."""
