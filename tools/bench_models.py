@@ -152,8 +152,27 @@ def _macs(name: str, size: int, zoo_model: bool) -> int:
         set_fused_attn(True)
 
 
-def bench(args) -> dict:
+def _machine(device: torch.device) -> dict:
+    return {
+        "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
+        "torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    }
+
+
+def _settings(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("out", "doc", "resume")}
+
+
+def bench(args, previous: dict | None = None, save=None) -> dict:
+    """Benchmark every selected model. ``previous``: a result of the same settings whose models are kept
+    and skipped (``--resume``); ``save(result)`` is called after each model, so an interrupted run keeps
+    what it measured. A model that fails is recorded under ``errors`` and the run goes on."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    result = {"machine": _machine(device), "settings": _settings(args), "rows": [], "errors": {}}
+    if previous:
+        result["rows"] = list(previous.get("rows", []))
+    done = {r["model"] for r in result["rows"]}
     names = []
     for pattern in args.models.split(","):
         matched = fnmatch.filter(zoo.list_models(), pattern) or ([pattern] if timm.is_model(pattern) else [])
@@ -163,62 +182,68 @@ def bench(args) -> dict:
     if args.context:
         names += [c for c in CONTEXT if c not in names]
     kinds = ["infer"] + (["train"] if args.train else [])
-    rows = []
     for name in names:
-        is_zoo = name in zoo.list_models()
-        torch.manual_seed(0)
-        model = timm.create_model(name)
-        runners = []
-        if is_zoo:
-            if name in TIMM_EQUIVALENT:
-                ref = _same_weights(model, TIMM_EQUIVALENT[name])
-            runners.append(Runner("zoo default", model, None, device, dtype, args.channels_last, args.compile))
-            if not args.no_reference:
-                twin = timm.create_model(name)
-                twin.load_state_dict(model.state_dict())
-                runners.append(Runner("zoo reference", twin, "reference", device, dtype, args.channels_last, False))
-            if name in TIMM_EQUIVALENT:
-                runners.append(Runner(f"timm {TIMM_EQUIVALENT[name]}", ref, None, device, dtype,
-                                      args.channels_last, args.compile))
-        else:
-            runners.append(Runner(f"timm {name}", model, None, device, dtype, args.channels_last, args.compile))
-        macs = _macs(name, args.img_size, is_zoo)
-        params = count_params(model)
-        for kind in kinds:
-            for batch in args.batch:
-                for r in runners:  # warm-up (and compile) every runner first
-                    for _ in range(args.warmup):
-                        r.step(kind, batch, args.img_size)
-                times = {r.label: [] for r in runners}
-                for _ in range(args.repeats):  # interleave so load changes hit every runner alike
-                    for r in runners:
-                        times[r.label].append(r.step(kind, batch, args.img_size))
-                base = statistics.median(times[runners[0].label])
-                for r in runners:
-                    med = statistics.median(times[r.label])
-                    row = {
-                        "model": name, "family": _family(name), "runner": r.label, "kind": kind, "batch": batch,
-                        "img_size": args.img_size, "median_s": med, "img_per_s": batch / med,
-                        "speedup_of_zoo_default": med / base if r is not runners[0] else 1.0,
-                        "peak_mem_mb": (lambda b: None if b is None else round(b / 2**20, 1))(
-                            r.peak_memory(kind, batch, args.img_size)),
-                        "params_m": round(params / 1e6, 3), "gmacs": round(macs / 1e9, 3),
-                        "paths": ops.explain() if r.backend is None and device.type == "cuda" else None,
-                    }
-                    rows.append(row)
-                    print(f"{name:28s} {r.label:28s} {kind:5s} b{batch:<3d} {row['img_per_s']:9.1f} img/s "
-                          f"zoo-default is {row['speedup_of_zoo_default']:.2f}x this", flush=True)
-        del runners, model
+        if name in done:
+            print(f"{name}: kept from {args.out}", flush=True)
+            continue
+        try:
+            result["rows"] += _bench_model(name, args, device, dtype, kinds)
+        except Exception as e:  # noqa: BLE001 - recorded and reported; the other models still run
+            result["errors"][name] = f"{type(e).__name__}: {e}"
+            print(f"{name}: FAILED {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         gc.collect()
-    return {
-        "machine": {
-            "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        },
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "doc")},
-        "rows": rows,
-    }
+        if save is not None:
+            save(result)
+    return result
+
+
+def _bench_model(name: str, args, device: torch.device, dtype: torch.dtype, kinds: list[str]) -> list[dict]:
+    rows = []
+    is_zoo = name in zoo.list_models()
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    runners = []
+    if is_zoo:
+        if name in TIMM_EQUIVALENT:
+            ref = _same_weights(model, TIMM_EQUIVALENT[name])
+        runners.append(Runner("zoo default", model, None, device, dtype, args.channels_last, args.compile))
+        if not args.no_reference:
+            twin = timm.create_model(name)
+            twin.load_state_dict(model.state_dict())
+            runners.append(Runner("zoo reference", twin, "reference", device, dtype, args.channels_last, False))
+        if name in TIMM_EQUIVALENT:
+            runners.append(Runner(f"timm {TIMM_EQUIVALENT[name]}", ref, None, device, dtype,
+                                  args.channels_last, args.compile))
+    else:
+        runners.append(Runner(f"timm {name}", model, None, device, dtype, args.channels_last, args.compile))
+    macs = _macs(name, args.img_size, is_zoo)
+    params = count_params(model)
+    for kind in kinds:
+        for batch in args.batch:
+            for r in runners:  # warm-up (and compile) every runner first
+                for _ in range(args.warmup):
+                    r.step(kind, batch, args.img_size)
+            times = {r.label: [] for r in runners}
+            for _ in range(args.repeats):  # interleave so load changes hit every runner alike
+                for r in runners:
+                    times[r.label].append(r.step(kind, batch, args.img_size))
+            base = statistics.median(times[runners[0].label])
+            for r in runners:
+                med = statistics.median(times[r.label])
+                row = {
+                    "model": name, "family": _family(name), "runner": r.label, "kind": kind, "batch": batch,
+                    "img_size": args.img_size, "median_s": med, "img_per_s": batch / med,
+                    "speedup_of_zoo_default": med / base if r is not runners[0] else 1.0,
+                    "peak_mem_mb": (lambda b: None if b is None else round(b / 2**20, 1))(
+                        r.peak_memory(kind, batch, args.img_size)),
+                    "params_m": round(params / 1e6, 3), "gmacs": round(macs / 1e9, 3),
+                    "paths": ops.explain() if r.backend is None and device.type == "cuda" else None,
+                }
+                rows.append(row)
+                print(f"{name:28s} {r.label:28s} {kind:5s} b{batch:<3d} {row['img_per_s']:9.1f} img/s "
+                      f"zoo-default is {row['speedup_of_zoo_default']:.2f}x this", flush=True)
+    del runners, model
+    return rows
 
 
 def markdown(result: dict) -> str:
@@ -241,6 +266,8 @@ def markdown(result: dict) -> str:
             f"| `{r['model']}` | {r['family']} | {r['runner']} | {r['kind']} | {r['batch']} | {r['img_per_s']:.1f} | "
             f"{r['speedup_of_zoo_default']:.2f} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {mem} |"
         )
+    for name, err in result.get("errors", {}).items():
+        lines.append(f"\n**{name} failed**: {err}")
     return "\n".join(lines) + "\n"
 
 
@@ -291,19 +318,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip the zoo reference-path runner")
     parser.add_argument("--out", default="out/bench_models.json")
     parser.add_argument("--doc", default="docs/bench_models", help="stem of the .md table and .png plot")
+    parser.add_argument("--resume", action="store_true", help="keep the models already in --out (same settings)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = bench(args)
     out = Path(args.out)
+    previous = None
+    if args.resume and out.is_file():
+        previous = json.loads(out.read_text())
+        if previous.get("settings") != _settings(args):
+            print(f"error: {out} was made with other settings ({previous.get('settings')}); "
+                  f"drop --resume or pass the same flags", file=sys.stderr)
+            return 2
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+
+    def save(res: dict) -> None:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.replace(out)
+
+    result = bench(args, previous, save)
+    save(result)
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.with_suffix(".md").write_text(markdown(result))
     plot(result, doc.with_suffix(".png"))
     print(f"wrote {out}, {doc.with_suffix('.md')}, {doc.with_suffix('.png')}")
-    return 0
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":

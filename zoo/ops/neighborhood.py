@@ -86,7 +86,10 @@ def _cached(key: tuple, build):
     if out is None:
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.clear()
-        out = _CACHE[key] = build()
+        # built outside inference mode: a cached index made under torch.inference_mode() would be an
+        # inference tensor, and a later training step that indexes with it fails to save it for backward
+        with torch.inference_mode(False):
+            out = _CACHE[key] = build()
     return out
 
 
