@@ -194,10 +194,13 @@ def test_auto_dispatch_on_cpu():
     side = int(nb.DENSE_MAX_TOKENS**0.5) + 1
     q, k, v, rpb = _inputs((side, side), heads=1, d=2, dtype=torch.float32)
     ops.neighborhood_attention2d(q, k, v, 3, 1, rpb)
-    assert ops.last_path(OP2) == "reference"  # large map: gather
+    assert ops.last_path(OP2) == "sdpa"  # large map: tiles (no dense N x N mask, no gather)
     rpb.requires_grad_(True)
     ops.neighborhood_attention2d(q, k, v, 3, 1, rpb)
-    assert ops.last_path(OP2) == ("sdpa" if side * side <= nb.DENSE_MAX_TOKENS_TRAIN else "reference")
+    assert ops.last_path(OP2) == "sdpa"
+    with ops.use_backend("sdpa"):
+        ops.neighborhood_attention2d(q, k, v, 3, 1, rpb, attn_drop=0.1)
+    assert ops.last_path(OP2) == "reference"  # attention dropout: only the reference path has it
 
 
 def test_scale_and_dropout():
@@ -261,3 +264,36 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, monkeypatch, dense):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {n: t.numpy() for n, t in zip(["q", "k", "v", "rpb"], (q, k, v, rpb))})
     torch.testing.assert_close(torch.from_numpy(got), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [3, 4, 8])
+@pytest.mark.parametrize(
+    "H,W,ks,dil",
+    [(7, 7, 3, 1), (9, 11, 3, 1), (10, 13, 5, 1), (15, 9, 7, 1), (12, 12, 3, 2), (13, 17, 3, 3), (14, 15, 5, 2),
+     (28, 28, 7, 4)],
+)
+def test_tiled_sdpa_path_matches_reference(monkeypatch, tile, H, W, ks, dil):
+    """The tiled 2-D path (query tiles attending densely to the union of their windows; dilation through the
+    dilation groups) against the gather reference: outputs and gradients of q, k, v and the RPB, in float64,
+    with tiles that do not divide the map and windows clamped at every border."""
+    import zoo.ops.neighborhood as na
+
+    monkeypatch.setattr(na, "TILE", tile)
+    monkeypatch.setattr(na, "DENSE_MAX_TOKENS", 0)
+    monkeypatch.setattr(na, "DENSE_MAX_TOKENS_TRAIN", 0)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, H, W, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(3, 2 * ks - 1, 2 * ks - 1, dtype=torch.float64, requires_grad=True)
+    for bias in (rpb, None):
+        inputs = [q, k, v] + ([rpb] if bias is not None else [])
+        results = []
+        for backend in ("reference", "sdpa"):
+            with ops.use_backend(backend):
+                out = ops.neighborhood_attention2d(q, k, v, ks, dil, rpb=bias)
+                assert ops.last_path("neighborhood_attention2d") == backend
+            w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+            results.append((out, torch.autograd.grad((out * w).sum(), inputs)))
+        (ref, ref_g), (got, got_g) = results
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+        for a, b in zip(got_g, ref_g):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -48,16 +48,19 @@ import torch.nn.functional as F
 
 from . import triton as _triton
 from ._checks import check_qkv, checked_output
-from ._dispatch import has_module, register, select
+from ._dispatch import has_module, is_tracing, register, select
 from .attention import attention
 
 __all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
 
-# On CPU the dense-mask SDPA path is the default for maps of at most this many tokens (N = H·W), larger ones
-# take the gather (reference) path. Measured at NAT-mini stage shapes (k=7, d=32, B=1): dense wins the forward
-# up to ~20x20 and forward+backward up to ~28x28; gather wins at 56x56.
+# The SDPA path uses one dense [N, N] mask for maps of at most this many tokens (N = H·W); measured at NAT-mini
+# stage shapes (k=7, d=32, B=1): dense beats the gather forward up to ~20x20, forward+backward up to ~28x28.
 DENSE_MAX_TOKENS = 400
 DENSE_MAX_TOKENS_TRAIN = 1024
+# Larger 2-D maps take the tiled path of the same backend: TILE x TILE query tiles attend densely (SDPA with
+# the RPB as a bias and -inf outside each query's window) to the union of their windows, so no [N, k*k, d]
+# gather of keys and values is materialised; dilation runs it on each dilation group's sub-grid.
+TILE = 8
 
 _OP2 = "neighborhood_attention2d"
 _OP1 = "neighborhood_attention1d"
@@ -176,6 +179,95 @@ def _na_dense(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     else:
         bias = rpb[:, rel].masked_fill(~keep, float("-inf")).unsqueeze(0)  # [1, h, N, N]
     return attention(q, k, v, bias, scale=_scale(q, scale))
+
+
+def _tile_tables(shape: tuple[int, int], ks: int, tile: int, device: torch.device):
+    """Tables of the tiled path for an ``H x W`` map, kernel ``ks``, dilation 1.
+
+    Returns ``(qidx [T, P], kidx [T, L], bias_idx [T, P, L], inverse [N], R)``: for each of the ``T`` tiles
+    the flat index of its ``P`` query slots (slots past the map edge repeat a valid pixel), of the ``L`` keys
+    of its halo (the union of its queries' windows), the index of each (query, key) pair into the extended
+    RPB row ``[rpb (R values), 0, -inf]`` (``R``: a padded query slot, ``R + 1``: a key outside the window),
+    and where each pixel's output sits in the flattened ``[T·P]`` tile outputs.
+    """
+
+    def build():
+        H, W = shape
+        th, tw = min(tile, H), min(tile, W)
+        lh, lw = min(th + ks - 1, H), min(tw + ks - 1, W)
+        nh, nw = -(-H // th), -(-W // tw)
+
+        def axis(length, t, lt, n):
+            pos = torch.arange(n, device=device)[:, None] * t + torch.arange(t, device=device)[None, :]
+            first = (pos[:, 0] - ks // 2).clamp(min=0, max=length - ks)  # window start of the tile's 1st query
+            start = first.clamp(max=length - lt)  # halo start; the halo holds every window of the tile
+            return pos, start
+
+        rows, hr = axis(H, th, lh, nh)
+        cols, hc = axis(W, tw, lw, nw)
+        qvalid = ((rows < H)[:, None, :, None] & (cols < W)[None, :, None, :]).reshape(nh * nw, th * tw)
+        qidx = (rows.clamp(max=H - 1)[:, None, :, None] * W + cols.clamp(max=W - 1)[None, :, None, :])
+        qidx = qidx.reshape(nh * nw, th * tw)
+        krow = hr[:, None] + torch.arange(lh, device=device)[None, :]
+        kcol = hc[:, None] + torch.arange(lw, device=device)[None, :]
+        kidx = (krow[:, None, :, None] * W + kcol[None, :, None, :]).reshape(nh * nw, lh * lw)
+
+        idx, rel = _window_tables((H, W), ks, 1, device)  # [N, K]
+        tile_r = torch.arange(nh, device=device).repeat_interleave(nw)
+        tile_c = torch.arange(nw, device=device).repeat(nh)
+        keys = idx[qidx]  # [T, P, K]
+        loc = (keys // W - hr[tile_r][:, None, None]) * lw + (keys % W - hc[tile_c][:, None, None])
+        R = (2 * ks - 1) ** 2
+        bias_idx = torch.full((nh * nw, th * tw, lh * lw), R + 1, dtype=torch.long, device=device)
+        bias_idx.scatter_(2, loc, rel[qidx])
+        bias_idx[~qvalid] = R
+        inverse = torch.empty(H * W, dtype=torch.long, device=device)
+        flat_valid = qvalid.reshape(-1)
+        inverse[qidx.reshape(-1)[flat_valid]] = torch.arange(flat_valid.numel(), device=device)[flat_valid]
+        return qidx, kidx, bias_idx, inverse, R
+
+    return _cached(("tile", shape, ks, tile, str(device)), build)
+
+
+def _na_tiled(q, k, v, shape, ks, rpb, scale):
+    """Dilation-1 neighborhood attention on a flattened ``H x W`` map as dense attention of query tiles to
+    their halos (see :func:`_tile_tables`); ``rpb`` flat ``[heads, (2k-1)^2]`` or None."""
+    qidx, kidx, bias_idx, inverse, R = _tile_tables(tuple(shape), ks, TILE, q.device)
+    B, h = q.shape[:2]
+    table = q.new_zeros(h, R) if rpb is None else rpb
+    ext = torch.cat([table, q.new_zeros(h, 1), q.new_full((h, 1), float("-inf"))], dim=1)
+    bias = ext[:, bias_idx].unsqueeze(0)  # [1, h, T, P, L]
+    out = attention(q[:, :, qidx], k[:, :, kidx], v[:, :, kidx], bias, scale=_scale(q, scale))
+    return out.reshape(B, h, -1, out.shape[-1])[:, :, inverse]
+
+
+def _na_sdpa2d(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
+    """2-D SDPA path: dense mask for small maps, tiles for large ones; dilation ``d`` runs dilation 1 on the
+    ``d x d`` dilation groups (pixels with the same ``(row mod d, col mod d)``), which is what dilated
+    neighborhood attention is (legacy NATTEN semantics, the same RPB indices). While tracing for export,
+    the whole map takes the dense mask (the tiled tables are Python-size dependent)."""
+    if is_tracing():
+        return _na_dense(q, k, v, shape, ks, dil, rpb, scale, attn_drop)
+    if dil == 1:
+        H, W = shape
+        if H * W <= (DENSE_MAX_TOKENS_TRAIN if torch.is_grad_enabled() and q.requires_grad else DENSE_MAX_TOKENS):
+            return _na_dense(q, k, v, shape, ks, 1, rpb, scale, attn_drop)
+        return _na_tiled(q, k, v, shape, ks, rpb, scale)
+    H, W = shape
+    B, h = q.shape[:2]
+    maps = [t.reshape(B, h, H, W, t.shape[-1]) for t in (q, k, v)]
+    out = q.new_empty(B, h, H, W, v.shape[-1])
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for a in range(dil):
+        for b in range(dil):
+            groups.setdefault((-(-(H - a) // dil), -(-(W - b) // dil)), []).append((a, b))
+    for (gh, gw), residues in groups.items():
+        sub = [torch.cat([m[:, :, a::dil, b::dil] for a, b in residues], dim=0).reshape(-1, h, gh * gw, m.shape[-1])
+               for m in maps]
+        res = _na_sdpa2d(*sub, (gh, gw), ks, 1, rpb, scale, attn_drop).reshape(len(residues), B, h, gh, gw, -1)
+        for i, (a, b) in enumerate(residues):
+            out[:, :, a::dil, b::dil] = res[i]
+    return out.reshape(B, h, H * W, v.shape[-1])
 
 
 _flex_compiled = None
@@ -301,9 +393,18 @@ def _na_triton(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     return mod.neighborhood_attention2d(q, k, v, shape, ks, dil, rpb, _scale(q, scale))
 
 
+def _sdpa2d_ok(device, dtype, tokens=0, dropout=False, needs_grad=False, **kw):
+    if is_tracing():  # export: the dense mask for small maps, else the gather (both trace with dynamic H/W)
+        return _dense_ok(device, dtype, tokens=tokens, dropout=dropout, needs_grad=needs_grad)
+    return not dropout
+
+
 for _op in (_OP1, _OP2):
     register(_op, "reference")(_na_gather)
-    register(_op, "sdpa", supports=_dense_ok)(_na_dense)
+    if _op == _OP1:
+        register(_op, "sdpa", supports=_dense_ok)(_na_dense)
+    else:
+        register(_op, "sdpa", supports=_sdpa2d_ok)(_na_sdpa2d)
     register(_op, "flex", supports=_flex_ok)(_na_flex)
     register(_op, "natten", supports=_natten_ok)(_na_natten)
 register(_OP2, "triton", supports=_triton_ok)(_na_triton)
