@@ -191,7 +191,7 @@ def test_auto_dispatch_on_cpu():
     q, k, v, rpb = _inputs((7, 7), heads=1, d=2, dtype=torch.float32)
     ops.neighborhood_attention2d(q, k, v, 3, 1, rpb)
     assert ops.last_path(OP2) == "sdpa"  # small map: dense mask + fused SDPA
-    side = int(nb.DENSE_MAX_TOKENS**0.5) + 1
+    side = int(nb.TILED_MIN_TOKENS**0.5) + 1
     q, k, v, rpb = _inputs((side, side), heads=1, d=2, dtype=torch.float32)
     ops.neighborhood_attention2d(q, k, v, 3, 1, rpb)
     assert ops.last_path(OP2) == "sdpa"  # large map: tiles (no dense N x N mask, no gather)
@@ -279,8 +279,7 @@ def test_tiled_sdpa_path_matches_reference(monkeypatch, tile, H, W, ks, dil):
     import zoo.ops.neighborhood as na
 
     monkeypatch.setattr(na, "TILE", tile)
-    monkeypatch.setattr(na, "DENSE_MAX_TOKENS", 0)
-    monkeypatch.setattr(na, "DENSE_MAX_TOKENS_TRAIN", 0)
+    monkeypatch.setattr(na, "TILED_MIN_TOKENS", 0)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, H, W, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     rpb = torch.randn(3, 2 * ks - 1, 2 * ks - 1, dtype=torch.float64, requires_grad=True)

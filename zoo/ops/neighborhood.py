@@ -57,10 +57,14 @@ __all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood
 # stage shapes (k=7, d=32, B=1): dense beats the gather forward up to ~20x20, forward+backward up to ~28x28.
 DENSE_MAX_TOKENS = 400
 DENSE_MAX_TOKENS_TRAIN = 1024
-# Larger 2-D maps take the tiled path of the same backend: TILE x TILE query tiles attend densely (SDPA with
-# the RPB as a bias and -inf outside each query's window) to the union of their windows, so no [N, k*k, d]
-# gather of keys and values is materialised; dilation runs it on each dilation group's sub-grid.
-TILE = 8
+# 2-D maps of more than TILED_MIN_TOKENS tokens take the tiled path of the same backend: TILE x TILE query
+# tiles attend densely (SDPA with the RPB as a bias and -inf outside each query's window) to the union of their
+# windows, so neither an [N, N] mask nor an [N, k*k, d] gather of keys and values is materialised; dilation
+# runs it on each dilation group's sub-grid. Measured (CPU, 1 thread, k=7, d=32, forward and forward+backward):
+# dense wins at 14x14, tiles win from 20x20 on (28x28: ~2.5x the dense mask); tile 7 ~ tile 8 > tile 14.
+# (DENSE_MAX_TOKENS* above still decide the 1-D op and the traced export graph.)
+TILED_MIN_TOKENS = 256
+TILE = 7
 
 _OP2 = "neighborhood_attention2d"
 _OP1 = "neighborhood_attention1d"
@@ -250,7 +254,7 @@ def _na_sdpa2d(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
         return _na_dense(q, k, v, shape, ks, dil, rpb, scale, attn_drop)
     if dil == 1:
         H, W = shape
-        if H * W <= (DENSE_MAX_TOKENS_TRAIN if torch.is_grad_enabled() and q.requires_grad else DENSE_MAX_TOKENS):
+        if H * W <= TILED_MIN_TOKENS:
             return _na_dense(q, k, v, shape, ks, 1, rpb, scale, attn_drop)
         return _na_tiled(q, k, v, shape, ks, rpb, scale)
     H, W = shape
