@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import triton as _triton
 from ._checks import check_qkv, checked_output
-from ._dispatch import register, select
+from ._dispatch import forced_backend, register, select
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -86,7 +86,14 @@ class _BiasedSDPA(torch.autograd.Function):
         return dq, dk, dv, dbias, None
 
 
-@register("attention", "sdpa")
+def _sdpa_supports(device, dtype, needs_grad=False, **kw) -> bool:
+    # CPU training: the math formulation (softmax kept for backward) beats SDPA, whose CPU backward (and our
+    # biased backward) recomputes the logits: fwd+bwd at MaxViT-T window shapes 1.15-1.5x faster
+    # (docs/bench_ops.md). Forcing "sdpa" still runs it.
+    return not (device.type == "cpu" and needs_grad and forced_backend() != "sdpa")
+
+
+@register("attention", "sdpa", supports=_sdpa_supports)
 def attention_sdpa(q, k, v, bias=None, scale=None):
     scale = _scale(q, scale)
     if bias is None:
@@ -148,8 +155,9 @@ def attention(
         raise ValueError(f"attention: q must be [B, heads, N, d], got shape {tuple(q.shape)}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: k and v need the same number of keys, got {k.shape[-2]} and {v.shape[-2]}")
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
     impl = select(
         "attention", q.device, q.dtype, nq=q.shape[-2], nk=k.shape[-2], d=q.shape[-1], dv=v.shape[-1],
-        ndim=q.dim(), has_bias=bias is not None,
+        ndim=q.dim(), has_bias=bias is not None, needs_grad=needs_grad,
     )
     return checked_output("attention", impl.fn(q, k, v, bias, scale), q=q, k=k, v=v)
