@@ -296,3 +296,13 @@ def test_tiled_sdpa_path_matches_reference(monkeypatch, tile, H, W, ks, dil):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
         for a, b in zip(got_g, ref_g):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_tiled_path_on_the_meta_device():
+    """Regression: the tile tables used boolean indexing, which has no meta kernel (timm's config checks and
+    zoo.profile build models on the meta device)."""
+    q, k, v = (torch.empty(1, 2, 20, 23, 8, device="meta") for _ in range(3))
+    rpb = torch.empty(2, 5, 5, device="meta")
+    with ops.use_backend("sdpa"):
+        out = ops.neighborhood_attention2d(q, k, v, 3, 2, rpb)
+    assert out.shape == (1, 2, 20, 23, 8) and out.device.type == "meta"

@@ -196,41 +196,47 @@ def _tile_tables(shape: tuple[int, int], ks: int, tile: int, device: torch.devic
     """
 
     def build():
-        H, W = shape
-        th, tw = min(tile, H), min(tile, W)
-        lh, lw = min(th + ks - 1, H), min(tw + ks - 1, W)
-        nh, nw = -(-H // th), -(-W // tw)
-
-        def axis(length, t, lt, n):
-            pos = torch.arange(n, device=device)[:, None] * t + torch.arange(t, device=device)[None, :]
-            first = (pos[:, 0] - ks // 2).clamp(min=0, max=length - ks)  # window start of the tile's 1st query
-            start = first.clamp(max=length - lt)  # halo start; the halo holds every window of the tile
-            return pos, start
-
-        rows, hr = axis(H, th, lh, nh)
-        cols, hc = axis(W, tw, lw, nw)
-        qvalid = ((rows < H)[:, None, :, None] & (cols < W)[None, :, None, :]).reshape(nh * nw, th * tw)
-        qidx = (rows.clamp(max=H - 1)[:, None, :, None] * W + cols.clamp(max=W - 1)[None, :, None, :])
-        qidx = qidx.reshape(nh * nw, th * tw)
-        krow = hr[:, None] + torch.arange(lh, device=device)[None, :]
-        kcol = hc[:, None] + torch.arange(lw, device=device)[None, :]
-        kidx = (krow[:, None, :, None] * W + kcol[None, :, None, :]).reshape(nh * nw, lh * lw)
-
-        idx, rel = _window_tables((H, W), ks, 1, device)  # [N, K]
-        tile_r = torch.arange(nh, device=device).repeat_interleave(nw)
-        tile_c = torch.arange(nw, device=device).repeat(nh)
-        keys = idx[qidx]  # [T, P, K]
-        loc = (keys // W - hr[tile_r][:, None, None]) * lw + (keys % W - hc[tile_c][:, None, None])
-        R = (2 * ks - 1) ** 2
-        bias_idx = torch.full((nh * nw, th * tw, lh * lw), R + 1, dtype=torch.long, device=device)
-        bias_idx.scatter_(2, loc, rel[qidx])
-        bias_idx[~qvalid] = R
-        inverse = torch.empty(H * W, dtype=torch.long, device=device)
-        flat_valid = qvalid.reshape(-1)
-        inverse[qidx.reshape(-1)[flat_valid]] = torch.arange(flat_valid.numel(), device=device)[flat_valid]
-        return qidx, kidx, bias_idx, inverse, R
+        # built on the CPU (boolean indexing has no meta-device kernel), then moved
+        tables = _build_tile_tables(shape, ks, tile, torch.device("cpu"))
+        return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in tables)
 
     return _cached(("tile", shape, ks, tile, str(device)), build)
+
+
+def _build_tile_tables(shape: tuple[int, int], ks: int, tile: int, device: torch.device):
+    H, W = shape
+    th, tw = min(tile, H), min(tile, W)
+    lh, lw = min(th + ks - 1, H), min(tw + ks - 1, W)
+    nh, nw = -(-H // th), -(-W // tw)
+
+    def axis(length, t, lt, n):
+        pos = torch.arange(n, device=device)[:, None] * t + torch.arange(t, device=device)[None, :]
+        first = (pos[:, 0] - ks // 2).clamp(min=0, max=length - ks)  # window start of the tile's 1st query
+        start = first.clamp(max=length - lt)  # halo start; the halo holds every window of the tile
+        return pos, start
+
+    rows, hr = axis(H, th, lh, nh)
+    cols, hc = axis(W, tw, lw, nw)
+    qvalid = ((rows < H)[:, None, :, None] & (cols < W)[None, :, None, :]).reshape(nh * nw, th * tw)
+    qidx = (rows.clamp(max=H - 1)[:, None, :, None] * W + cols.clamp(max=W - 1)[None, :, None, :])
+    qidx = qidx.reshape(nh * nw, th * tw)
+    krow = hr[:, None] + torch.arange(lh, device=device)[None, :]
+    kcol = hc[:, None] + torch.arange(lw, device=device)[None, :]
+    kidx = (krow[:, None, :, None] * W + kcol[None, :, None, :]).reshape(nh * nw, lh * lw)
+
+    idx, rel = _window_tables((H, W), ks, 1, device)  # [N, K]
+    tile_r = torch.arange(nh, device=device).repeat_interleave(nw)
+    tile_c = torch.arange(nw, device=device).repeat(nh)
+    keys = idx[qidx]  # [T, P, K]
+    loc = (keys // W - hr[tile_r][:, None, None]) * lw + (keys % W - hc[tile_c][:, None, None])
+    R = (2 * ks - 1) ** 2
+    bias_idx = torch.full((nh * nw, th * tw, lh * lw), R + 1, dtype=torch.long, device=device)
+    bias_idx.scatter_(2, loc, rel[qidx])
+    bias_idx[~qvalid] = R
+    inverse = torch.empty(H * W, dtype=torch.long, device=device)
+    flat_valid = qvalid.reshape(-1)
+    inverse[qidx.reshape(-1)[flat_valid]] = torch.arange(flat_valid.numel(), device=device)[flat_valid]
+    return qidx, kidx, bias_idx, inverse, R
 
 
 def _na_tiled(q, k, v, shape, ks, rpb, scale):
