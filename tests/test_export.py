@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import onnx
@@ -181,16 +180,8 @@ def test_mismatch_fails_with_message(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _cli():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        return importlib.import_module("export")
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
-
-
-def test_cli(tmp_path, capsys):
-    cli = _cli()
+def test_cli(tmp_path, capsys, load_tool):
+    cli = load_tool("export")
     out = tmp_path / "m.onnx"
     assert cli.main(["dinat_nano", "-o", str(out), "--img-size", "64", "--num-classes", "5",
                      "--json", str(tmp_path / "r.json")]) == 0
@@ -206,10 +197,10 @@ def test_cli(tmp_path, capsys):
     assert "name the architecture" in capsys.readouterr().err
 
 
-def test_cli_recipe_checkpoint(tmp_path, capsys):
+def test_cli_recipe_checkpoint(tmp_path, capsys, load_tool):
     ckpt = tmp_path / "last.ckpt"
     ckpt.write_bytes(b"")
-    cli = _cli()
+    cli = load_tool("export")
     if importlib.util.find_spec("recipes.checkpoint") is None:
         assert cli.main([str(ckpt), "-o", str(tmp_path / "x.onnx")]) == 1
         assert "recipes/checkpoint.py is not available" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -16,13 +15,6 @@ from recipes.data.coco import CocoDataModule, CocoDetection, collate_detection
 
 ROOT = Path(__file__).resolve().parents[2]
 DEEPFOREST = ROOT / "data" / "deepforest"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("deepforest_to_coco", ROOT / "tools" / "deepforest_to_coco.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ------------------------------------------------------------------------------------------- DeepForest data
@@ -53,8 +45,8 @@ def test_deepforest_data_in_repo() -> None:
     assert sum(ds.skipped.values()) == 0 and ds.num_classes == 1 and ds.class_names == ["tree"]
 
 
-def test_deepforest_converter_tiles_and_splits(tmp_path: Path) -> None:
-    tool = _tool()
+def test_deepforest_converter_tiles_and_splits(tmp_path: Path, load_tool) -> None:
+    tool = load_tool("deepforest_to_coco")
     src = tmp_path / "deepforest" / "data"
     src.mkdir(parents=True)
     rng = np.random.default_rng(0)

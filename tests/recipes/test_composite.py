@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -90,10 +89,8 @@ def test_boxes_and_masks_come_from_the_items(tmp_path: Path, fmnist: dict) -> No
     assert len(MaskFolder(tmp_path / "images" / "validation", tmp_path / "annotations" / "validation")) == 2
 
 
-def test_make_scenes_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    spec = importlib.util.spec_from_file_location("make_scenes", ROOT / "tools" / "make_scenes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_make_scenes_cli(tmp_path: Path, capsys: pytest.CaptureFixture, load_tool) -> None:
+    mod = load_tool("make_scenes")
     try:
         load_fashion_mnist()
     except FileNotFoundError as err:

@@ -82,7 +82,7 @@ def test_miou_is_dataset_level_macro_with_ignore() -> None:
     torch.testing.assert_close(module.val_miou.compute(), torch.tensor((1 / 3 + 2 / 3 + 2 / 3) / 3))
 
 
-def test_fit_resume_test_zoo_backbone_upernet(tmp_path: Path, scenes: Path) -> None:
+def test_fit_resume_test_zoo_backbone_upernet(tmp_path: Path, scenes: Path, load_tool) -> None:
     """UPerNet + dinat_nano on scenes composited from real objects: 2 steps, resume to 3, sliding-window test."""
     torch.manual_seed(0)
     kw = dict(model_name="dinat_nano", head="upernet", num_classes=11, lr=1e-3, inference="slide",
@@ -108,11 +108,7 @@ def test_fit_resume_test_zoo_backbone_upernet(tmp_path: Path, scenes: Path) -> N
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 11, 64, 64)
 
     # the trained checkpoint exports through the CLI and matches in onnxruntime (UPerNet's PSP pools replaced)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("export_cli", Path(__file__).parents[2] / "tools" / "export.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool("export")
     out = tmp_path / "seg.onnx"
     assert cli.main([str(last), "-o", str(out), "--img-size", "64", "--json", str(tmp_path / "seg.json")]) == 0
     rec = json.loads((tmp_path / "seg.json").read_text())

@@ -3,22 +3,11 @@ used to fail for NAT), JSON written per model, --resume keeps what was measured.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("bench_models", ROOT / "tools" / "bench_models.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_bench_models_tiny_run_and_resume(tmp_path, capsys):
-    tool = _tool()
+def test_bench_models_tiny_run_and_resume(tmp_path, capsys, load_tool):
+    tool = load_tool("bench_models")
     out, doc = tmp_path / "b.json", tmp_path / "b"
     args = ["--models", "nat_nano", "--batch", "1", "--img-size", "64", "--repeats", "1", "--warmup", "1",
             "--train", "--no-context", "--threads", "1", "--out", str(out), "--doc", str(doc)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,13 +11,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 PARITY = ROOT / "tests" / "fixtures" / "parity"
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +26,14 @@ def official_file(tmp_path_factory):
     return case, path, x, expected
 
 
-def test_convert_round_trip(official_file, tmp_path, monkeypatch):
+def test_convert_round_trip(official_file, tmp_path, monkeypatch, load_tool):
     """Convert through the family converter, write safetensors, reload into the same model: official logits."""
     from safetensors.torch import load_file
 
     from zoo.models import crossformer
 
     case, path, x, expected = official_file
-    convert = _tool("convert")
+    convert = load_tool("convert")
     # the reduced config is not a registered name: build it the way the parity test does
     monkeypatch.setattr(timm, "create_model", lambda name, **kw: crossformer.parity_model(case))
     out = tmp_path / "reduced.safetensors"
@@ -53,9 +45,9 @@ def test_convert_round_trip(official_file, tmp_path, monkeypatch):
         torch.testing.assert_close(model.eval()(x), expected, **case["tolerance"])
 
 
-def test_convert_cli_errors(official_file, tmp_path, capsys):
+def test_convert_cli_errors(official_file, tmp_path, capsys, load_tool):
     _, path, _, _ = official_file
-    convert = _tool("convert")
+    convert = load_tool("convert")
     assert convert.main([str(path), "--model", "crossformer_tinny", "--out", str(tmp_path / "a.safetensors")]) == 1
     assert "close names: crossformer_tiny" in capsys.readouterr().err
     assert convert.main([str(path), "--model", "nat_mini", "--out", str(tmp_path / "a.safetensors")]) == 1

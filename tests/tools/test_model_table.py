@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("tools_model_table", ROOT / "tools" / "model_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_model_table_up_to_date():
-    assert _tool().main(["--check"]) == 0, "run `python tools/model_table.py`"
+def test_model_table_up_to_date(load_tool):
+    assert load_tool("model_table").main(["--check"]) == 0, "run `python tools/model_table.py`"
 
 
 def test_every_registered_model_has_a_row():

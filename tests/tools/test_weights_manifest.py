@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_manifest_in_step_with_registry():
-    tool = _tool("weights_manifest")
+def test_manifest_in_step_with_registry(load_tool):
+    tool = load_tool("weights_manifest")
     problems = tool.check(tool.read_manifest(), tool.registry_entries())
     assert not problems, "\n".join(problems) + "\nrun `python tools/weights_manifest.py --write`"
 
 
-def test_check_reports_drift():
-    tool = _tool("weights_manifest")
+def test_check_reports_drift(load_tool):
+    tool = load_tool("weights_manifest")
     new = tool.registry_entries()
     old = {k: dict(v) for k, v in tool.read_manifest().items()}
     name = next(iter(old))
@@ -35,8 +23,8 @@ def test_check_reports_drift():
     assert any(p.startswith("missing from the manifest") for p in problems)
 
 
-def test_download_kind():
-    tool = _tool("weights_manifest")
+def test_download_kind(load_tool):
+    tool = load_tool("weights_manifest")
     assert tool._download_kind("https://drive.google.com/file/d/x/view", None) == "manual"
     assert tool._download_kind("https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth", None) == "direct"
     assert tool._download_kind(None, "timm/maxvit_tiny_tf_224.in1k") == "hf-hub"
