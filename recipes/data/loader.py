@@ -59,6 +59,14 @@ class ResumableSampler(Sampler[int]):
         return -(-self.n // world)
 
 
+def loader_state(epoch: int, batches_done: int, num_batches: int, seed: int) -> dict[str, int]:
+    """A resumable loader's checkpoint record (Lightning's stateful-loader ``state_dict``): the epoch and the
+    batches trained in it; a finished epoch is recorded as the start of the next one."""
+    if batches_done >= num_batches:
+        epoch, batches_done = epoch + 1, 0
+    return {"epoch": int(epoch), "batches_done": int(batches_done), "seed": int(seed)}
+
+
 class ResumableDataLoader(DataLoader):
     """DataLoader over a ``ResumableSampler`` with ``state_dict``/``load_state_dict`` (epoch + batches done).
 
@@ -80,10 +88,7 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         done = self.progress() if self.progress is not None else self._yielded
-        epoch = self.sampler.epoch
-        if done >= len(self):  # epoch finished: the next iteration starts the next epoch from its first batch
-            epoch, done = epoch + 1, 0
-        return {"epoch": int(epoch), "batches_done": int(done), "seed": self.sampler.seed}
+        return loader_state(self.sampler.epoch, done, len(self), self.sampler.seed)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.epoch = int(state["epoch"])

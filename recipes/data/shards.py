@@ -19,7 +19,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from recipes.common import SkipCounter
-from recipes.data.loader import dist_info
+from recipes.data.loader import dist_info, loader_state
 
 __all__ = ["CountingHandler", "ResumableShardLoader", "SplitShards", "epoch_seed", "expand_shards", "read_meta"]
 
@@ -178,10 +178,7 @@ class ResumableShardLoader:
 
     def state_dict(self) -> dict[str, int]:
         done = self.progress() if self.progress is not None else self._yielded
-        epoch = int(self.epoch())
-        if done >= self.num_batches:  # epoch finished: the next one starts from its first batch
-            epoch, done = epoch + 1, 0
-        return {"epoch": epoch, "batches_done": int(done), "seed": self.seed}
+        return loader_state(self.epoch(), done, self.num_batches, self.seed)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_epoch = int(state["epoch"])

@@ -155,9 +155,21 @@ def attention(
         raise ValueError(f"attention: q must be [B, heads, N, d], got shape {tuple(q.shape)}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: k and v need the same number of keys, got {k.shape[-2]} and {v.shape[-2]}")
+    return checked_output("attention", dispatch_attention(q, k, v, bias, scale), q=q, k=k, v=v)
+
+
+def dispatch_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`attention` without its argument and NaN/Inf checks: for ops built on it (neighborhood attention)
+    that check their own inputs and output, so the inner call does not scan the data a second time."""
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
     impl = select(
         "attention", q.device, q.dtype, nq=q.shape[-2], nk=k.shape[-2], d=q.shape[-1], dv=v.shape[-1],
         ndim=q.dim(), has_bias=bias is not None, needs_grad=needs_grad,
     )
-    return checked_output("attention", impl.fn(q, k, v, bias, scale), q=q, k=k, v=v)
+    return impl.fn(q, k, v, bias, scale)

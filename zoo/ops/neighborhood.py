@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from . import triton as _triton
 from ._checks import check_qkv, checked_output
 from ._dispatch import has_module, is_tracing, register, select
-from .attention import attention
+from .attention import dispatch_attention
 
 __all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
 
@@ -182,7 +182,7 @@ def _na_dense(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
         bias = keep
     else:
         bias = rpb[:, rel].masked_fill(~keep, float("-inf")).unsqueeze(0)  # [1, h, N, N]
-    return attention(q, k, v, bias, scale=_scale(q, scale))
+    return dispatch_attention(q, k, v, bias, scale=_scale(q, scale))
 
 
 def _tile_tables(shape: tuple[int, int], ks: int, tile: int, device: torch.device):
@@ -247,7 +247,7 @@ def _na_tiled(q, k, v, shape, ks, rpb, scale):
     table = q.new_zeros(h, R) if rpb is None else rpb
     ext = torch.cat([table, q.new_zeros(h, 1), q.new_full((h, 1), float("-inf"))], dim=1)
     bias = ext[:, bias_idx].unsqueeze(0)  # [1, h, T, P, L]
-    out = attention(q[:, :, qidx], k[:, :, kidx], v[:, :, kidx], bias, scale=_scale(q, scale))
+    out = dispatch_attention(q[:, :, qidx], k[:, :, kidx], v[:, :, kidx], bias, scale=_scale(q, scale))
     return out.reshape(B, h, -1, out.shape[-1])[:, :, inverse]
 
 
@@ -258,12 +258,11 @@ def _na_sdpa2d(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     the whole map takes the dense mask (the tiled tables are Python-size dependent)."""
     if is_tracing():
         return _na_dense(q, k, v, shape, ks, dil, rpb, scale, attn_drop)
+    H, W = shape
     if dil == 1:
-        H, W = shape
         if H * W <= TILED_MIN_TOKENS:
             return _na_dense(q, k, v, shape, ks, 1, rpb, scale, attn_drop)
         return _na_tiled(q, k, v, shape, ks, rpb, scale)
-    H, W = shape
     B, h = q.shape[:2]
     maps = [t.reshape(B, h, H, W, t.shape[-1]) for t in (q, k, v)]
     out = q.new_empty(B, h, H, W, v.shape[-1])
