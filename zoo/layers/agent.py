@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .mlp import linear_act
 
 
 def _pair(x: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -217,10 +218,10 @@ class AgentAttention(nn.Module):
             tokens = torch.cat([prefix, tokens], dim=1)
         N = tokens.shape[1]
         if self.qkv_layout == "qkv":
-            q, k, v = self.qkv(tokens).reshape(B, N, 3, C).unbind(2)
+            q, k, v = linear_act(self.qkv, tokens).reshape(B, N, 3, C).unbind(2)
             Hk, Wk = H, W
         else:
-            q = self.q(tokens)
+            q = linear_act(self.q, tokens)
             if s > 1:
                 red = self.sr(x.permute(0, 3, 1, 2))  # [B, C, H/s, W/s]
                 Hk, Wk = red.shape[2], red.shape[3]
@@ -228,7 +229,7 @@ class AgentAttention(nn.Module):
             else:
                 Hk, Wk = H, W
                 kv_in = tokens
-            k, v = self.kv(kv_in).reshape(B, kv_in.shape[1], 2, C).unbind(2)
+            k, v = linear_act(self.kv, kv_in).reshape(B, kv_in.shape[1], 2, C).unbind(2)
         # agents: the (unscaled) patch queries average-pooled to the agent grid
         agent = ops.adaptive_avg_pool2d_matmul(q[:, P:].reshape(B, H, W, C), self.agent_shape)
 
@@ -250,7 +251,7 @@ class AgentAttention(nn.Module):
             v_map = _resize(v_map, (H, W))
         local = self.dwc(v_map).permute(0, 2, 3, 1).reshape(B, H * W, C)
         out = torch.cat([out[:, :P], out[:, P:] + local], dim=1) if P else out + local
-        out = self.proj_drop(self.proj(out))
+        out = self.proj_drop(linear_act(self.proj, out))
         if P:
             return out[:, P:].reshape(B, H, W, C), out[:, :P]
         return out.reshape(B, H, W, C)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mlp import get_act_layer
+from .. import ops
+from .mlp import _hooked, activation_name, get_act_layer
 
 _PADDINGS = ("same", "symmetric", "valid")
 
@@ -166,3 +167,54 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(super().forward(x))
+
+
+def _plain_conv(conv: nn.Module) -> bool:
+    return type(conv) in (nn.Conv2d, Conv2dSame) and conv.padding_mode == "zeros" and not isinstance(
+        conv.padding, str
+    )
+
+
+def conv_act(conv: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+    """``act(conv(x))`` on ``[B, C, H, W]`` through :func:`zoo.ops.conv2d` (one fused call where a fast path
+    exists) when ``conv`` is a plain ``nn.Conv2d``/:class:`Conv2dSame` and ``act`` a plain activation, none
+    hooked; otherwise the modules run as they are."""
+    name = activation_name(act)
+    if not _plain_conv(conv) or name is None or _hooked(conv, act):
+        x = conv(x)
+        return act(x) if act is not None else x
+    padding = conv.padding
+    if type(conv) is Conv2dSame:
+        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
+        padding = 0
+    return ops.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups, name)
+
+
+def conv_norm_act(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))`` for a conv followed by a :class:`BatchNormAct2d` (or ``nn.BatchNorm2d``), on
+    ``[B, C, H, W]``.
+
+    With the norm in eval mode (running statistics), a plain ``nn.Conv2d``/:class:`Conv2dSame`, a plain
+    activation and no hooks, it is one :func:`zoo.ops.conv2d` call with the BatchNorm given as statistics:
+    the CPU inference path folds it into the weights and fuses the activation (oneDNN); the reference path
+    computes conv → BatchNorm → activation as the modules do. Otherwise (training, custom modules, hooks)
+    the modules run as they are.
+    """
+    act = norm.act if type(norm) is BatchNormAct2d else None
+    name = activation_name(act)
+    fusable = (
+        type(norm) in (BatchNormAct2d, nn.BatchNorm2d)
+        and not norm.training
+        and norm.running_mean is not None
+        and _plain_conv(conv)
+        and name is not None
+        and not _hooked(conv, norm, act)
+    )
+    if not fusable:
+        return norm(conv(x))
+    padding = conv.padding
+    if type(conv) is Conv2dSame:
+        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
+        padding = 0
+    bn = ops.BatchNormStats(norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
+    return ops.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups, name, bn)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embed import PatchEmbed, _Seq
+from .mlp import linear_act
 
 
 def _check_map(name: str, x: torch.Tensor, dim: int) -> None:
@@ -124,7 +125,7 @@ class PatchMerging(nn.Module):
         x = F.pad(x, (0, 0, 0, 2 * w2 - W, 0, 2 * h2 - H))
         # [B, h2, dh, w2, dw, C] -> [B, h2, w2, dw, dh, C]: channel block 2·dw + dh = x0, x1, x2, x3
         x = x.reshape(B, h2, 2, w2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, h2, w2, 4 * C)
-        return self.reduction(self.norm(x))
+        return linear_act(self.reduction, self.norm(x))
 
 
 class PatchEmbedDownsample(PatchEmbed):

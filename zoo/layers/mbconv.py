@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .conv import BatchNormAct2d, create_avg_pool2d, create_conv2d
+from .conv import BatchNormAct2d, conv_act, conv_norm_act, create_avg_pool2d, create_conv2d
 from .drop import DropPath
 from .mlp import get_act_layer
 
@@ -98,7 +98,7 @@ class PoolShortcut(nn.Module):
             self.expand = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expand(self.pool(x))
+        return conv_act(self.expand, self.pool(x))
 
 
 class MBConv(nn.Module):
@@ -167,9 +167,9 @@ class MBConv(nn.Module):
                 "convert channels-last maps with x.permute(0, 3, 1, 2)"
             )
         shortcut = self.shortcut(x)
-        x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
-        x = self.se(self.norm2(self.conv2_kxk(x)))
-        return self.drop_path(self.conv3_1x1(x)) + shortcut
+        x = conv_norm_act(self.conv1_1x1, self.norm1, self.pre_norm(x))
+        x = self.se(conv_norm_act(self.conv2_kxk, self.norm2, x))
+        return self.drop_path(conv_act(self.conv3_1x1, x)) + shortcut
 
 
 class MaxViTStem(nn.Module):
@@ -203,4 +203,4 @@ class MaxViTStem(nn.Module):
         self.conv2 = create_conv2d(c1, c2, kernel_size, stride=1, bias=bias, padding=padding, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.norm1(self.conv1(x)))
+        return conv_act(self.conv2, conv_norm_act(self.conv1, self.norm1, x))

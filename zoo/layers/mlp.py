@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
+
+from .. import ops
 
 
 def gelu_tanh() -> nn.Module:
@@ -30,6 +33,35 @@ def get_act_layer(name: str | Callable[[], nn.Module] | None) -> Callable[[], nn
     if name not in table:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(table)}")
     return table[name]
+
+
+def activation_name(act: nn.Module | None) -> str | None:
+    """The :data:`zoo.ops.ACTIVATIONS` name of an activation module (``None`` → ``"none"``), or None when
+    ``act`` is not one of the plain ones (a custom module runs as itself, unfused)."""
+    if act is None or type(act) is nn.Identity:
+        return "none"
+    kind = type(act)
+    if kind is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(act.approximate)
+    return {nn.SiLU: "silu", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}.get(kind)
+
+
+def _hooked(*modules: nn.Module | None) -> bool:
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return True
+    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)
+
+
+def linear_act(fc: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+    """``act(fc(x))`` through :func:`zoo.ops.linear` (one fused call where a fast path exists, e.g. oneDNN
+    for CPU inference) when ``fc`` is a plain ``nn.Linear`` and ``act`` a plain activation, none of them
+    hooked; otherwise the modules are called as they are (a LoRA/quantized replacement of ``fc``, forward
+    hooks and custom activations behave exactly as with ``act(fc(x))``)."""
+    name = activation_name(act)
+    if type(fc) is nn.Linear and name is not None and not _hooked(fc, act):
+        return ops.linear(x, fc.weight, fc.bias, act=name)
+    x = fc(x)
+    return act(x) if act is not None else x
 
 
 class Mlp(nn.Module):
@@ -57,4 +89,5 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        x = self.drop1(linear_act(self.fc1, x, self.act))
+        return self.drop2(linear_act(self.fc2, x))

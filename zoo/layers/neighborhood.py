@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .mlp import linear_act
 
 
 def _shortfall(window: int, n):
@@ -81,7 +82,7 @@ class _NeighborhoodAttention(nn.Module):
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B, *spatial, C]`` (each axis >= window_size) → attention output before ``proj``."""
         B, *spatial, C = x.shape
-        qkv = self.qkv(x).reshape(B, -1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear_act(self.qkv, x).reshape(B, -1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = (t.reshape(B, self.num_heads, *spatial, self.head_dim) for t in qkv.unbind(0))
         fn = ops.neighborhood_attention2d if self.ndim == 2 else ops.neighborhood_attention1d
         p = self.attn_drop.p if self.training else 0.0
@@ -117,7 +118,7 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
         x = self._attend(x)
         if padded:
             x = x[:, :H, :W]
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(linear_act(self.proj, x))
 
 
 class NeighborhoodAttention1D(_NeighborhoodAttention):
@@ -140,4 +141,4 @@ class NeighborhoodAttention1D(_NeighborhoodAttention):
         x = self._attend(x)
         if padded:
             x = x[:, :L]
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(linear_act(self.proj, x))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .mlp import linear_act
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -160,7 +161,7 @@ class PartitionAttention(nn.Module):
         Hp, Wp = x.shape[1], x.shape[2]
         groups, group = self._split(x, partition, size)
         Bg, N, _ = groups.shape
-        qkv = self.qkv(groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        qkv = linear_act(self.qkv, groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = None
         if self.pos_bias is not None:
@@ -176,6 +177,6 @@ class PartitionAttention(nn.Module):
             bias = mask if bias is None else bias + mask
         out = ops.attention(q, k, v, bias, scale=self.scale)  # [Bg, heads, N, d]
         out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
-        out = self.proj_drop(self.proj(out))
+        out = self.proj_drop(linear_act(self.proj, out))
         out = self._join(out, group, (Hp, Wp), partition)
         return out[:, :H, :W].contiguous() if padded else out

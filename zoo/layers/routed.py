@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .mlp import linear_act
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -161,7 +162,7 @@ class BiLevelRoutingAttention(nn.Module):
         B, H, W, _ = x.shape
         x, pad = ops.pad_to_multiple(x, self.n_win)
         Hp, Wp = x.shape[1], x.shape[2]
-        q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        q, k, v = linear_act(self.qkv, x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
         h = self.num_heads
         if self.dense:
             qh, kh, vh = (t.reshape(B, Hp * Wp, h, -1).transpose(1, 2) for t in (q, k, v))
@@ -175,7 +176,7 @@ class BiLevelRoutingAttention(nn.Module):
             out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, self.dim)
         if self.lepe is not None:
             out = out + self.lepe(v if self.lepe_on == "v" else x)
-        out = getattr(self, self.proj_name)(out)
+        out = linear_act(getattr(self, self.proj_name), out)
         padded = ops.is_tracing() or pad[0] or pad[1]  # tracing: pad_to_multiple always pads, so always crop
         return out[:, :H, :W].contiguous() if padded else out
 

@@ -44,6 +44,7 @@ from ..layers import (
     PatchMerging,
     RelPosBias,
 )
+from ..layers.mlp import linear_act
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
 from ._convert import check_fits, map_keys, unwrap_state_dict
 
@@ -124,7 +125,7 @@ class ShiftedWindowAttention(PartitionAttention):
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         groups = ops.window_partition(x, ws)  # [B·nW, N, C]
         Bg, N, _ = groups.shape
-        qkv = self.qkv(groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        qkv = linear_act(self.qkv, groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = self.rel_pos((ws, ws)).unsqueeze(0)  # [1, heads, N, N]
         if shift:
@@ -132,7 +133,7 @@ class ShiftedWindowAttention(PartitionAttention):
             bias = (bias + mask.unsqueeze(1)).repeat(B, 1, 1, 1)  # [B·nW, heads, N, N]
         out = ops.attention(q, k, v, bias, scale=self.scale)
         out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
-        out = self.proj_drop(self.proj(out))
+        out = self.proj_drop(linear_act(self.proj, out))
         out = ops.window_merge(out, (ws, ws), (Hp, Wp))
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
@@ -434,9 +435,10 @@ class TokenAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = linear_act(self.qkv, x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = ops.attention(q, k, v, None, scale=self.head_dim**-0.5)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        return self.proj_drop(linear_act(self.proj, out.transpose(1, 2).reshape(B, N, C)))
 
 
 class DeitBlock(Block):

@@ -1,4 +1,5 @@
-"""Functional attention ops: a plain-PyTorch reference per op plus fast paths, chosen by a dispatcher.
+"""Functional attention ops, and dense layers with fused activations: a plain-PyTorch reference per op plus
+fast paths, chosen by a dispatcher.
 
 >>> import zoo.ops as ops
 >>> print(ops.explain())           # which backends exist here, and which path each op took last
@@ -9,6 +10,7 @@
 from ._dispatch import BACKENDS, backend_status, explain, forced_backend, is_tracing, last_path, use_backend
 from .agent import adaptive_avg_pool2d_matmul, agent_attention
 from .attention import attention
+from .dense import ACTIVATIONS, BatchNormStats, conv2d, fold_batchnorm, linear
 from .neighborhood import neighborhood_attention1d, neighborhood_attention2d, neighborhood_window
 from .partition import (
     grid_merge,
@@ -40,3 +42,4 @@ __all__ += ["adaptive_avg_pool2d_matmul", "agent_attention"]
 __all__ += ["routed_attention", "routing_indices"]
 __all__ += ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
 __all__ += ["is_tracing", "valid_map"]
+__all__ += ["ACTIVATIONS", "BatchNormStats", "conv2d", "fold_batchnorm", "linear"]

@@ -1,7 +1,7 @@
 """Backend dispatcher for the functional attention ops.
 
 Every op in :mod:`zoo.ops` has a plain-PyTorch ``reference`` implementation and optional fast paths
-(``sdpa``, ``flex``, ``natten``, ``triton``). The dispatcher picks one per call from the device, the dtype
+(``sdpa``, ``flex``, ``natten``, ``triton``, ``onednn``). The dispatcher picks one per call from the device, the dtype
 and what is installed; :func:`use_backend` (a context manager) or the ``ZOO_BACKEND`` environment variable
 forces one. A forced backend that an op does not have, or that cannot run the call at hand, falls back to
 the op's default choice: a missing accelerator is never an error. :func:`last_path` and :func:`explain`
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-BACKENDS = ("reference", "sdpa", "flex", "natten", "triton")
+BACKENDS = ("reference", "sdpa", "flex", "natten", "triton", "onednn")
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("zoo_forced_backend", default=None)
 _last: dict[str, str] = {}
@@ -38,7 +38,7 @@ _REGISTRY: dict[str, dict[str, Impl]] = {}
 # Preference order per device type when nothing is forced; the first registered, supporting impl wins.
 _DEFAULT_ORDER = {
     "cuda": ("triton", "natten", "flex", "sdpa", "reference"),
-    "cpu": ("sdpa", "reference"),
+    "cpu": ("onednn", "sdpa", "reference"),
 }
 
 
@@ -150,6 +150,8 @@ def backend_status() -> dict[str, tuple[bool, str]]:
         status["flex"] = (cuda, "FlexAttention (CUDA)" if cuda else "FlexAttention present; used on CUDA only")
     except ImportError:
         status["flex"] = (False, "torch.nn.attention.flex_attention not importable")
+    mkldnn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    status["onednn"] = (mkldnn, "oneDNN fused dense layers (CPU inference)" if mkldnn else "torch built without oneDNN")
     if has_module("natten"):
         status["natten"] = (cuda, "natten installed" + ("" if cuda else "; fused kernels need CUDA"))
     else:
