@@ -1,5 +1,8 @@
 """Micro-benchmark of every zoo op on every available path, at the shapes of the tiny variants' stages.
 
+Attention ops at their stage shapes, and the dense ops (``linear``/``conv2d`` with a fused activation and a
+folded eval BatchNorm) at MaxViT-T's MLP and MBConv shapes.
+
 For each op and stage shape it times each backend that can run here (forced through
 ``zoo.ops.use_backend`` and confirmed with ``zoo.ops.last_path``): the median of ``--repeats`` runs after
 warm-up, forward only (``--backward`` adds forward+backward). Prints a table and writes JSON. Timings are
@@ -80,11 +83,43 @@ def case_neighborhood(grad: bool):
             )
 
 
+def case_linear(grad: bool):
+    """MaxViT-T MLP at batch 8: fc1 (dim -> 4·dim) + tanh-GELU, fc2 (4·dim -> dim), attention qkv (dim -> 3·dim)."""
+    for side, dim, _ in TINY_STAGES:
+        n = 8 * side * side
+        x, h = _t(n, dim, grad=grad), _t(n, 4 * dim, grad=grad)
+        w1, b1 = _t(4 * dim, dim, grad=grad), _t(4 * dim, grad=grad)
+        w2, b2 = _t(dim, 4 * dim, grad=grad), _t(dim, grad=grad)
+        wq, bq = _t(3 * dim, dim, grad=grad), _t(3 * dim, grad=grad)
+        yield f"b8 {side}x{side} fc1 {dim}->{4 * dim} +gelu_tanh", (
+            lambda x=x, w=w1, b=b1: ops.linear(x, w, b, "gelu_tanh"))
+        yield f"b8 {side}x{side} fc2 {4 * dim}->{dim}", lambda x=h, w=w2, b=b2: ops.linear(x, w, b)
+        yield f"b8 {side}x{side} qkv {dim}->{3 * dim}", lambda x=x, w=wq, b=bq: ops.linear(x, w, b)
+
+
+def case_conv2d(grad: bool):
+    """MaxViT-T MBConv at batch 8, channels-last, eval BatchNorm: 1x1 expansion + BN + tanh-GELU, 3x3 depthwise
+    + BN + tanh-GELU."""
+    for side, dim, _ in TINY_STAGES:
+        mid = 4 * dim
+        x = _t(8, dim, side, side, grad=grad).contiguous(memory_format=torch.channels_last)
+        h = _t(8, mid, side, side, grad=grad).contiguous(memory_format=torch.channels_last)
+        bn = ops.BatchNormStats(torch.randn(mid), torch.rand(mid) + 0.5, torch.rand(mid) + 0.5, torch.randn(mid), 1e-3)
+        bn = ops.BatchNormStats(*(t.to(DEVICE, DTYPE) for t in bn[:4]), bn.eps)
+        w1, wd = _t(mid, dim, 1, 1, grad=grad), _t(mid, 1, 3, 3, grad=grad)
+        yield f"b8 {side}x{side} 1x1 {dim}->{mid} +bn+gelu_tanh", (
+            lambda x=x, w=w1, bn=bn: ops.conv2d(x, w, None, 1, 0, 1, 1, "gelu_tanh", bn))
+        yield f"b8 {side}x{side} dw3x3 {mid} +bn+gelu_tanh", (
+            lambda x=h, w=wd, bn=bn, g=mid: ops.conv2d(x, w, None, 1, 1, 1, g, "gelu_tanh", bn))
+
+
 CASES: dict[str, Callable] = {
     "attention": case_attention,
     "routed_attention": case_routed,
     "agent_attention": case_agent,
     "neighborhood_attention2d": case_neighborhood,
+    "linear": case_linear,
+    "conv2d": case_conv2d,
 }
 
 

@@ -158,3 +158,17 @@ def test_adaptive_pool_matmul_exports_with_dynamic_hw():
         x = torch.randn(1, *hw, 4)
         ref = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), (3, 2)).permute(0, 2, 3, 1)
         torch.testing.assert_close(ep.module()(x), ref)
+
+
+def test_cpu_autograd_defaults_to_reference_and_forced_sdpa_still_runs():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3))
+    agent = torch.randn(1, 2, 4, 8)
+    ops.agent_attention(q, k, v, agent).sum().backward()
+    assert ops.last_path("agent_attention") == "reference"  # SDPA's CPU backward recomputes: slower here
+    with ops.use_backend("sdpa"):
+        ops.agent_attention(q, k, v, agent).sum().backward()
+    assert ops.last_path("agent_attention") == "sdpa"
+    with torch.no_grad():
+        ops.agent_attention(q, k, v, agent)
+    assert ops.last_path("agent_attention") == "sdpa"

@@ -156,3 +156,11 @@ def test_conv2d_with_grad_is_the_reference_with_bn_gradients():
     assert w.grad is not None and gamma.grad is not None
     with pytest.raises(ValueError, match=r"conv2d expects \[B, C, H, W\]"):
         ops.conv2d(torch.randn(4, 6, 6), w.detach())
+
+
+def test_traced_graph_never_holds_the_onednn_call():
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    with torch.no_grad(), ops.use_backend("onednn"):
+        traced = torch.jit.trace(lambda t: ops.linear(t, w, None, "gelu"), x)
+    assert "mkldnn" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), F.gelu(F.linear(x, w)))

@@ -14,7 +14,9 @@ Paths:
 - ``reference``: the two attentions in plain PyTorch, in the official arithmetic order
   (``(agent·scale) @ kᵀ + bias``, softmax, ``@ v``); autograd, any device, ONNX.
 - ``sdpa``: two calls of the dense attention op's fast path (:func:`zoo.ops.attention`'s dispatcher,
-  SDPA with 4-D biases; learnable biases get exact gradients there).
+  SDPA with 4-D biases; learnable biases get exact gradients there). On CPU with autograd the reference
+  is the default (as for :func:`zoo.ops.attention`: SDPA's CPU backward recomputes the logits, fwd+bwd
+  was 0.7-0.8x the reference at Agent-Swin-T shapes); forcing "sdpa" still runs it.
 
 :func:`adaptive_avg_pool2d_matmul` pools a channels-last map as ``Ph · x · Pwᵀ`` with pooling matrices built
 from the shape by torch ops, so an exported graph keeps dynamic H/W (``F.adaptive_avg_pool2d`` to a fixed
@@ -27,6 +29,7 @@ import torch
 
 from ._checks import check_qkv, checked_output
 from ._dispatch import register, select
+from .attention import _sdpa_supports, dispatch_attention
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -85,12 +88,11 @@ def agent_attention_reference(q, k, v, agent, agent_bias=None, query_bias=None, 
     return q_attn @ agent_v
 
 
-@register("agent_attention", "sdpa")
+@register("agent_attention", "sdpa", supports=_sdpa_supports)
 def agent_attention_sdpa(q, k, v, agent, agent_bias=None, query_bias=None, scale=None):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    dense = select("attention", q.device, q.dtype).fn
-    agent_v = dense(agent, k, v, agent_bias, scale)
-    return dense(q, agent, agent_v, query_bias, scale)
+    agent_v = dispatch_attention(agent, k, v, agent_bias, scale)
+    return dispatch_attention(q, agent, agent_v, query_bias, scale)
 
 
 def _check_bias(name: str, bias: torch.Tensor | None, target: tuple[int, ...], what: str) -> None:
@@ -150,6 +152,8 @@ def agent_attention(
     n, Nk = agent.shape[-2], k.shape[-2]
     _check_bias("agent_bias", agent_bias, (B, h, n, Nk), "[B, heads, n, Nk] =")
     _check_bias("query_bias", query_bias, (B, h, Nq, n), "[B, heads, Nq, n] =")
-    impl = select("agent_attention", q.device, q.dtype)
+    tensors = (q, k, v, agent, agent_bias, query_bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    impl = select("agent_attention", q.device, q.dtype, needs_grad=needs_grad)
     out = impl.fn(q, k, v, agent, agent_bias, query_bias, scale)
     return checked_output("agent_attention", out, q=q, k=k, v=v, agent=agent)

@@ -94,6 +94,8 @@ def _onednn_supports(device: torch.device, dtype: torch.dtype, tensors=(), **_) 
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.compiler.is_compiling()
+        # an opaque oneDNN call can never be part of an exported graph, whatever the dispatcher decided
+        and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
         and not _needs_grad(*tensors)
         and all(t is None or (t.dtype == dtype and t.device.type == "cpu") for t in tensors)
         and all(t is None or t.numel() > 0 for t in tensors[:2])
