@@ -132,3 +132,36 @@ def test_conv_act_hooked_or_custom_runs_modules():
         torch.testing.assert_close(conv_act(conv, x), conv(x), rtol=1e-5, atol=1e-5)
         reflect = nn.Conv2d(4, 5, 3, padding=1, padding_mode="reflect")
         assert torch.equal(conv_act(reflect, x), reflect(x))
+
+
+def test_conv_norm_act_with_a_separate_activation():
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(3, 6, 3, stride=2, padding=1), _bn_act(6, act=None).eval()
+    x = torch.randn(2, 3, 9, 9)
+    gelu = nn.GELU()
+    with torch.no_grad():
+        ref = gelu(norm(conv(x)))
+        torch.testing.assert_close(conv_norm_act(conv, norm, x, gelu), ref, rtol=1e-5, atol=1e-5)
+        with ops.use_backend("reference"):
+            assert torch.equal(conv_norm_act(conv, norm, x, gelu), ref)
+        # two non-identity activations (BatchNormAct2d's own and a separate one) are not fused: modules run
+        both = _bn_act(6, act="relu").eval()
+        assert torch.equal(conv_norm_act(conv, both, x, gelu), gelu(both(conv(x))))
+
+
+def test_biformer_stem_and_downsampler_eval_paths_agree():
+    from zoo.layers import ConvBNDownsample, ConvBNStem
+
+    torch.manual_seed(0)
+    for m, x in ((ConvBNStem(3, 16), torch.randn(2, 3, 30, 31)), (ConvBNDownsample(8, 16), torch.randn(2, 9, 7, 8))):
+        for bn in (mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+        m.eval()
+        with torch.no_grad():
+            out = m(x)
+            with ops.use_backend("reference"):
+                ref = m(x)
+            plain = nn.Sequential(*m.children())(x.permute(0, 3, 1, 2) if x.shape[-1] == 8 else x)
+        assert torch.equal(ref, plain.permute(0, 2, 3, 1))
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

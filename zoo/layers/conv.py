@@ -190,28 +190,32 @@ def conv_act(conv: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> 
     return ops.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups, name)
 
 
-def conv_norm_act(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(conv(x))`` for a conv followed by a :class:`BatchNormAct2d` (or ``nn.BatchNorm2d``), on
-    ``[B, C, H, W]``.
+def conv_norm_act(
+    conv: nn.Module, norm: nn.Module, x: torch.Tensor, act: nn.Module | None = None
+) -> torch.Tensor:
+    """``act(norm(conv(x)))`` for a conv followed by a :class:`BatchNormAct2d` or ``nn.BatchNorm2d`` (and an
+    optional separate activation module ``act``), on ``[B, C, H, W]``.
 
-    With the norm in eval mode (running statistics), a plain ``nn.Conv2d``/:class:`Conv2dSame`, a plain
-    activation and no hooks, it is one :func:`zoo.ops.conv2d` call with the BatchNorm given as statistics:
-    the CPU inference path folds it into the weights and fuses the activation (oneDNN); the reference path
-    computes conv → BatchNorm → activation as the modules do. Otherwise (training, custom modules, hooks)
-    the modules run as they are.
+    With the norm in eval mode (running statistics), a plain ``nn.Conv2d``/:class:`Conv2dSame`, plain
+    activations (at most one that is not identity) and no hooks, it is one :func:`zoo.ops.conv2d` call with the
+    BatchNorm given as statistics: the CPU inference path folds it into the weights and fuses the activation
+    (oneDNN); the reference path computes conv → BatchNorm → activation as the modules do. Otherwise
+    (training, custom modules, hooks) the modules run as they are.
     """
-    act = norm.act if type(norm) is BatchNormAct2d else None
-    name = activation_name(act)
+    inner = norm.act if type(norm) is BatchNormAct2d else None
+    name = activation_name(act if act is not None else inner)
     fusable = (
         type(norm) in (BatchNormAct2d, nn.BatchNorm2d)
         and not norm.training
         and norm.running_mean is not None
         and _plain_conv(conv)
         and name is not None
-        and not _hooked(conv, norm, act)
+        and (act is None or inner is None or activation_name(inner) == "none")
+        and not _hooked(conv, norm, inner, act)
     )
     if not fusable:
-        return norm(conv(x))
+        x = norm(conv(x))
+        return act(x) if act is not None else x
     padding = conv.padding
     if type(conv) is Conv2dSame:
         x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import conv_norm_act
 from .embed import PatchEmbed, _Seq
 from .mlp import linear_act
 
@@ -57,7 +58,7 @@ class ConvBNDownsample(_Seq):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map("ConvBNDownsample", x, self.dim)
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
+        return conv_norm_act(self[0], self[1], x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
 
 
 class ConvDownsampler(nn.Module):

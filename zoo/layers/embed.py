@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import conv_norm_act
 from .mlp import get_act_layer
 
 
@@ -74,7 +75,8 @@ class ConvBNStem(_Seq):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image("ConvBNStem", x, self.in_chans)
-        return super().forward(x).permute(0, 2, 3, 1).contiguous()
+        x = conv_norm_act(self[0], self[1], x, self[2])  # eval CPU: BN folded, GELU fused (zoo.ops.conv2d)
+        return conv_norm_act(self[3], self[4], x).permute(0, 2, 3, 1).contiguous()
 
 
 class ConvTokenizer(nn.Module):
