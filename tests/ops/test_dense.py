@@ -164,3 +164,23 @@ def test_traced_graph_never_holds_the_onednn_call():
         traced = torch.jit.trace(lambda t: ops.linear(t, w, None, "gelu"), x)
     assert "mkldnn" not in str(traced.graph)
     torch.testing.assert_close(traced(x), F.gelu(F.linear(x, w)))
+
+
+def test_no_graph_break_under_torch_compile():
+    """torch.compile traces the dense ops and the layers that call them in one graph (inductor fuses on its
+    own; the oneDNN call and torch.backends checks must not be reached while compiling)."""
+    import torch._dynamo as dynamo
+
+    from zoo.layers import MBConv, Mlp
+
+    torch.manual_seed(0)
+    mlp, mbconv = Mlp(8, 16, act_layer="gelu_tanh").eval(), MBConv(8, 8).eval()
+    x = torch.randn(2, 8, 6, 6)
+
+    def f(t):
+        return mlp(mbconv(t).permute(0, 2, 3, 1))
+
+    dynamo.reset()
+    with torch.no_grad():
+        report = dynamo.explain(f)(x)
+    assert report.graph_break_count == 0, report.break_reasons

@@ -22,3 +22,30 @@ def test_bench_models_tiny_run_and_resume(tmp_path, capsys, load_tool):
     assert "nat_nano: kept from" in capsys.readouterr().out
     assert json.loads(out.read_text())["rows"] == res["rows"]
     assert tool.main([a if a != "64" else "96" for a in args] + ["--resume"]) == 2  # other settings
+
+
+def test_bench_models_merge_parts(tmp_path, load_tool):
+    """Parts run at once (one per core) merge into one table in model order; other settings or overlapping
+    models are refused."""
+    tool = load_tool("bench_models")
+    a = tmp_path / "a.json"
+    args = ["--models", "nat_nano", "--batch", "1", "--img-size", "64", "--repeats", "1", "--warmup", "1",
+            "--no-context", "--threads", "1", "--out", str(a), "--doc", str(tmp_path / "a")]
+    assert tool.main(args) == 0
+    part_b = json.loads(a.read_text())
+    for r in part_b["rows"]:
+        r["model"] = "maxvit_nano"  # a model that comes first in the default order
+    part_b["settings"]["models"] = "maxvit_nano"
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(part_b))
+    out, doc = tmp_path / "m.json", tmp_path / "m"
+    assert tool.main(["--merge", str(a), str(b), "--out", str(out), "--doc", str(doc)]) == 0
+    merged = json.loads(out.read_text())
+    assert [r["model"] for r in merged["rows"]] == ["maxvit_nano"] * 2 + ["nat_nano"] * 2
+    assert merged["settings"]["models"] == "maxvit_nano,nat_nano" and merged["machine"]["parts"] == 2
+    assert "Merged from 2 runs" in doc.with_suffix(".md").read_text() and doc.with_suffix(".png").is_file()
+    assert tool.main(["--merge", str(a), str(a), "--out", str(out)]) == 2  # same model twice
+    part_b["settings"]["img_size"] = 96
+    b.write_text(json.dumps(part_b))
+    assert tool.main(["--merge", str(a), str(b), "--out", str(out)]) == 2  # other settings
+    assert json.loads(out.read_text()) == merged  # a refused merge writes nothing

@@ -89,13 +89,17 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+_MKLDNN = torch.backends.mkldnn.is_available()
+
+
 def _onednn_supports(device: torch.device, dtype: torch.dtype, tensors=(), **_) -> bool:
+    # is_compiling first: torch.compile then sees no call it cannot trace (torch.backends.* is skipped by dynamo)
     return (
-        device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and device.type == "cpu"
         and dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
+        and _MKLDNN
         and torch.backends.mkldnn.enabled
-        and not torch.compiler.is_compiling()
         # an opaque oneDNN call can never be part of an exported graph, whatever the dispatcher decided
         and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
         and not _needs_grad(*tensors)
