@@ -8,7 +8,8 @@ For each op and stage shape it times each backend that can run here (forced thro
 warm-up, forward only (``--backward`` adds forward+backward). Prints a table and writes JSON. Timings are
 measurements of this machine, never asserted anywhere. On CUDA (``--device cuda``, the default when a GPU is
 present) the ``triton`` kernels are timed too, with ``--dtype bfloat16`` for the usual GPU setting, and the
-peak memory of each run is recorded; on CPU the triton path is skipped (its interpreter is for tests only).
+peak memory of each run is recorded (on CPU too, from the profiler's allocation events); on CPU the triton
+path is skipped (its interpreter is for tests only).
 
     python tools/bench_ops.py --out out/bench_ops.json [--backward] [--ops attention,routed_attention]
     python tools/bench_ops.py --out docs/bench_ops_fwd.json --md docs/bench_ops.md   # table, appended per mode
@@ -129,7 +130,8 @@ def _sync() -> None:
 
 
 def _time(fn: Callable, backward: bool, repeats: int) -> tuple[float, float | None]:
-    """Median milliseconds over ``repeats`` runs after warm-up, and the peak memory (MiB, CUDA only)."""
+    """Median milliseconds over ``repeats`` runs after warm-up, and the peak memory of one run (MiB: the CUDA
+    allocator's peak; on CPU the profiler's allocation events)."""
 
     def run():
         out = fn()
@@ -148,10 +150,37 @@ def _time(fn: Callable, backward: bool, repeats: int) -> tuple[float, float | No
         run()
         _sync()
         times.append(time.perf_counter() - t0)
-    peak = None
     if DEVICE.type == "cuda":
         peak = round((torch.cuda.max_memory_allocated(DEVICE) - base) / 2**20, 2)
+    else:
+        peak = _peak_cpu_mib(fn, backward)
     return statistics.median(times) * 1e3, peak
+
+
+def _peak_cpu_mib(fn: Callable, backward: bool) -> float | None:
+    """Peak bytes allocated during one run on the CPU, from the profiler's memory events (allocations and frees
+    through PyTorch's CPU allocator, counted from the start of the run), in MiB."""
+    import os
+    import tempfile
+
+    def run():
+        out = fn()
+        if backward:
+            out.float().square().mean().backward()
+
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
+        run()
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        events = json.loads(Path(path).read_text()).get("traceEvents", [])
+    finally:
+        os.remove(path)
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0]
+    return round(max([0, *totals]) / 2**20, 2) if totals else None
 
 
 def markdown(result: dict) -> str:
@@ -161,19 +190,21 @@ def markdown(result: dict) -> str:
     lines = [f"## {m['mode']}, {m['dtype']}, {m['device']} ({where}), torch {m['torch']}", "",
              f"Median of {m['repeats']} runs after 2 warm-up runs. 'x ref' = reference time / this path's time. "
              f"Default path here: {', '.join(f'{k} → {v}' for k, v in m['auto_path'].items())}.", "",
-             "| op | shape | path | ms | x ref |", "|---|---|---|---:|---:|"]
+             "Peak MiB = memory allocated during one run above what was allocated before it (inputs excluded).", "",
+             "| op | shape | path | ms | x ref | peak MiB |", "|---|---|---|---:|---:|---:|"]
     ref = {(r["op"], r["shape"]): r["ms"] for r in result["results"] if r["path"] == "reference" and r["ms"]}
     for r in result["results"]:
         if r["ms"] is None:
-            lines.append(f"| {r['op']} | {r['shape']} | {r['path']} | error: {r['error'][:80]} | |")
+            lines.append(f"| {r['op']} | {r['shape']} | {r['path']} | error: {r['error'][:80]} | | |")
             continue
         base = ref.get((r["op"], r["shape"]))
         ratio = f"{base / r['ms']:.2f}" if base else "—"
-        lines.append(f"| {r['op']} | {r['shape']} | {r['path']} | {r['ms']:.2f} | {ratio} |")
+        peak = "—" if r.get("peak_mib") is None else f"{r['peak_mib']:.1f}"
+        lines.append(f"| {r['op']} | {r['shape']} | {r['path']} | {r['ms']:.2f} | {ratio} | {peak} |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/bench_ops.json")
     ap.add_argument("--repeats", type=int, default=5)
@@ -183,7 +214,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--md", help="append a markdown table of this run to this file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
