@@ -175,6 +175,15 @@ def _plain_conv(conv: nn.Module) -> bool:
     )
 
 
+def _conv_op(conv: nn.Conv2d, x: torch.Tensor, act: str, bn: ops.BatchNormStats | None = None) -> torch.Tensor:
+    """``conv``'s arithmetic as one :func:`zoo.ops.conv2d` call (a :class:`Conv2dSame` pads first)."""
+    padding = conv.padding
+    if type(conv) is Conv2dSame:
+        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
+        padding = 0
+    return ops.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups, act, bn)
+
+
 def conv_act(conv: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
     """``act(conv(x))`` on ``[B, C, H, W]`` through :func:`zoo.ops.conv2d` (one fused call where a fast path
     exists) when ``conv`` is a plain ``nn.Conv2d``/:class:`Conv2dSame` and ``act`` a plain activation, none
@@ -183,11 +192,7 @@ def conv_act(conv: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> 
     if not _plain_conv(conv) or name is None or _hooked(conv, act):
         x = conv(x)
         return act(x) if act is not None else x
-    padding = conv.padding
-    if type(conv) is Conv2dSame:
-        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
-        padding = 0
-    return ops.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups, name)
+    return _conv_op(conv, x, name)
 
 
 def conv_norm_act(
@@ -216,9 +221,5 @@ def conv_norm_act(
     if not fusable:
         x = norm(conv(x))
         return act(x) if act is not None else x
-    padding = conv.padding
-    if type(conv) is Conv2dSame:
-        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
-        padding = 0
     bn = ops.BatchNormStats(norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
-    return ops.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups, name, bn)
+    return _conv_op(conv, x, name, bn)

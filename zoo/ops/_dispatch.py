@@ -82,6 +82,12 @@ def use_backend(name: str | None) -> Iterator[None]:
         _forced.reset(token)
 
 
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd will record a call on these tensors (grad mode on and one of them requires grad):
+    the paths without a backward (oneDNN) and the CPU-training rules of the attention ops key on it."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _is_exporting() -> bool:
     return bool(
         torch.jit.is_scripting()

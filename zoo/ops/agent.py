@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_qkv, checked_output
+from ._dispatch import needs_grad as _needs_grad
 from ._dispatch import register, select
 from .attention import _sdpa_supports, dispatch_attention
 
@@ -152,8 +153,7 @@ def agent_attention(
     n, Nk = agent.shape[-2], k.shape[-2]
     _check_bias("agent_bias", agent_bias, (B, h, n, Nk), "[B, heads, n, Nk] =")
     _check_bias("query_bias", query_bias, (B, h, Nq, n), "[B, heads, Nq, n] =")
-    tensors = (q, k, v, agent, agent_bias, query_bias)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    needs_grad = _needs_grad(q, k, v, agent, agent_bias, query_bias)
     impl = select("agent_attention", q.device, q.dtype, needs_grad=needs_grad)
     out = impl.fn(q, k, v, agent, agent_bias, query_bias, scale)
     return checked_output("agent_attention", out, q=q, k=k, v=v, agent=agent)

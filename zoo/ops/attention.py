@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from . import triton as _triton
 from ._checks import check_qkv, checked_output
 from ._dispatch import forced_backend, register, select
+from ._dispatch import needs_grad as _needs_grad
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -167,7 +168,7 @@ def dispatch_attention(
 ) -> torch.Tensor:
     """:func:`attention` without its argument and NaN/Inf checks: for ops built on it (neighborhood attention)
     that check their own inputs and output, so the inner call does not scan the data a second time."""
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+    needs_grad = _needs_grad(q, k, v, bias)
     impl = select(
         "attention", q.device, q.dtype, nq=q.shape[-2], nk=k.shape[-2], d=q.shape[-1], dv=v.shape[-1],
         ndim=q.dim(), has_bias=bias is not None, needs_grad=needs_grad,

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ._dispatch import needs_grad as _needs_grad
 from ._dispatch import register, select
 
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu", "relu", "sigmoid")
@@ -83,10 +84,6 @@ def fold_batchnorm(
         shift = shift + bn.bias
     w = weight * scale.reshape(-1, *([1] * (weight.dim() - 1))).to(weight.dtype)
     return w, shift.to(weight.dtype)
-
-
-def _needs_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 _MKLDNN = torch.backends.mkldnn.is_available()

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from . import triton as _triton
 from ._checks import check_qkv, checked_output
 from ._dispatch import has_module, is_tracing, register, select
+from ._dispatch import needs_grad as _needs_grad
 from .attention import dispatch_attention
 
 __all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
@@ -450,7 +451,7 @@ def _run(op, q, k, v, spatial, kernel_size, dilation, rpb, scale, attn_drop):
     n = 1
     for s in spatial:
         n *= s
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb))
+    needs_grad = _needs_grad(q, k, v, rpb)
     kw = {"tokens": n, "has_rpb": rpb is not None, "dropout": attn_drop > 0.0, "needs_grad": needs_grad}
     impl = select(op, q.device, q.dtype, **kw)
     flat = [t.reshape(B, h, n, t.shape[-1]) for t in (q, k, v)]

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from . import triton as _triton
 from ._checks import check_qkv, checked_output
+from ._dispatch import needs_grad as _needs_grad
 from ._dispatch import register, select
 from .attention import attention_sdpa
 
@@ -155,7 +156,7 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
     idx = _route(qr, kr, topk, scale) if indices is None else indices
     # The fused CPU kernel's backward is slower than autograd through the explicit product for these
     # many small per-region problems (measured), so training on CPU takes the explicit product.
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    needs_grad = _needs_grad(q, k, v)
     fused = not (needs_grad and q.device.type == "cpu")
     out = _attend_gathered(qr, kr, vr, idx, scale, fused=fused)
     return from_regions(out, num_regions, (H, W))
@@ -329,7 +330,7 @@ def routed_attention(
     (nh, nw), topk = _validate("routed_attention", q, k, v, num_regions, topk)
     if indices is not None:
         _check_indices("routed_attention", indices, q.shape[0], nh * nw, topk)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    needs_grad = _needs_grad(q, k, v)
     dense = topk == nh * nw and indices is None
     impl = select(_OP, q.device, q.dtype, needs_grad=needs_grad, dense=dense)
     out = impl.fn(q, k, v, (nh, nw), topk, _default_scale(q, scale), indices)
