@@ -184,3 +184,14 @@ def test_no_graph_break_under_torch_compile():
     with torch.no_grad():
         report = dynamo.explain(f)(x)
     assert report.graph_break_count == 0, report.break_reasons
+
+
+def test_cpu_autocast_keeps_its_dtype():
+    """Under torch.autocast("cpu") the reference path runs, so linear/conv compute in the autocast dtype as
+    F.linear/F.conv2d do (the oneDNN call would silently stay fp32)."""
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    xc, wc = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ops.linear(x, w, act="gelu").dtype == torch.bfloat16
+        assert ops.last_path("linear") == "reference"
+        assert ops.conv2d(xc, wc, padding=1).dtype == torch.bfloat16

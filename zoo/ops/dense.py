@@ -14,9 +14,10 @@ Paths:
   and the BatchNorm's extra passes over memory (aten's tanh-GELU is slow on CPU: fused 1x1 conv + BN +
   tanh-GELU ran 1.6-3.7x the reference at MaxViT-T shapes), and oneDNN's fp32 GEMMs beat the MKL ones behind
   ``F.linear`` on the AMD EPYC measured (plain linears 1.07-1.8x; docs/bench_ops.md, 1 thread). CPU,
-  fp32/bf16, inference only (no autograd: chosen only when no gradient is needed), never while exporting or
-  compiling (torch.compile fuses on its own). Values equal the reference up to float rounding (folding
-  reorders the arithmetic).
+  fp32/bf16, inference only (no autograd: chosen only when no gradient is needed), never under CPU autocast
+  (the reference then computes in the autocast dtype, as F.linear does), never while exporting or compiling
+  (torch.compile fuses on its own). Values equal the reference up to float rounding (folding reorders the
+  arithmetic).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def _onednn_supports(device: torch.device, dtype: torch.dtype, tensors=(), **_) 
         and dtype in (torch.float32, torch.bfloat16)
         and _MKLDNN
         and torch.backends.mkldnn.enabled
+        # under CPU autocast F.linear/F.conv2d compute in the autocast dtype; the reference path keeps that
+        and not torch.is_autocast_enabled("cpu")
         # an opaque oneDNN call can never be part of an exported graph, whatever the dispatcher decided
         and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
         and not _needs_grad(*tensors)
