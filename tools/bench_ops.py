@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         cpu_threads=torch.get_num_threads(), torch=torch.__version__, mode=mode, repeats=args.repeats,
         device=str(device), dtype=args.dtype,
         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        auto_path={op: _dispatch.select(op, device, DTYPE).backend for op in args.ops.split(",")
-                   if op in _dispatch._REGISTRY},
+        auto_path={op: _dispatch.select(op, device, DTYPE, needs_grad=args.backward).backend
+                   for op in args.ops.split(",") if op in _dispatch._REGISTRY},
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

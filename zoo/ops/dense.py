@@ -90,10 +90,11 @@ def fold_batchnorm(
 _MKLDNN = torch.backends.mkldnn.is_available()
 
 
-def _onednn_supports(device: torch.device, dtype: torch.dtype, tensors=(), **_) -> bool:
+def _onednn_supports(device: torch.device, dtype: torch.dtype, tensors=(), needs_grad=False, **_) -> bool:
     # is_compiling first: torch.compile then sees no call it cannot trace (torch.backends.* is skipped by dynamo)
     return (
         not torch.compiler.is_compiling()
+        and not needs_grad
         and device.type == "cpu"
         and dtype in (torch.float32, torch.bfloat16)
         and _MKLDNN
@@ -152,9 +153,9 @@ def conv2d_reference(x, weight, bias, stride, padding, dilation, groups, act, bn
     return activation(y, act)
 
 
-def _conv_onednn_supports(device, dtype, tensors=(), bn=None, **_) -> bool:
+def _conv_onednn_supports(device, dtype, tensors=(), bn=None, needs_grad=False, **_) -> bool:
     bn_tensors = () if bn is None else (bn.running_mean, bn.running_var, bn.weight, bn.bias)
-    return _onednn_supports(device, dtype, tensors) and not _needs_grad(*bn_tensors)
+    return _onednn_supports(device, dtype, tensors, needs_grad) and not _needs_grad(*bn_tensors)
 
 
 @register("conv2d", "onednn", supports=_conv_onednn_supports)
