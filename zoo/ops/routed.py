@@ -152,14 +152,50 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
         return out.view(B, h, H, W, -1)
     if (H * W) // R <= MASK_FORM_MAX_REGION_TOKENS:
         return routed_attention_masked(q, k, v, num_regions, topk, scale, indices)
-    qr, kr, vr = to_regions(q, num_regions), to_regions(k, num_regions), to_regions(v, num_regions)
-    idx = _route(qr, kr, topk, scale) if indices is None else indices
+    # Head-major regions [heads, B·R, n, d]: the routed regions of every query region are gathered along
+    # dim 1 straight into the [heads, B·R, topk·n, d] layout attention takes (no transposed copy of the
+    # gathered keys/values, which are topk times the map); heads and regions are both batch dims to SDPA.
+    qh, kh, vh = (_to_regions_head_major(t, num_regions) for t in (q, k, v))
+    if indices is None:
+        indices = _route_head_major(qh, kh, B, topk, scale)
+    flat = (indices + torch.arange(B, device=indices.device, dtype=indices.dtype).view(B, 1, 1) * R).reshape(-1)
+    topk = indices.shape[-1]
+    ks = kh.index_select(1, flat).view(h, B * R, topk * kh.shape[2], kh.shape[3])
+    vs = vh.index_select(1, flat).view(h, B * R, topk * vh.shape[2], vh.shape[3])
     # The fused CPU kernel's backward is slower than autograd through the explicit product for these
     # many small per-region problems (measured), so training on CPU takes the explicit product.
-    needs_grad = _needs_grad(q, k, v)
-    fused = not (needs_grad and q.device.type == "cpu")
-    out = _attend_gathered(qr, kr, vr, idx, scale, fused=fused)
-    return from_regions(out, num_regions, (H, W))
+    if _needs_grad(q, k, v) and q.device.type == "cpu":
+        out = ((qh * scale) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
+    else:
+        out = F.scaled_dot_product_attention(qh, ks, vs, scale=scale)
+    return _from_regions_head_major(out, num_regions, B, (H, W))
+
+
+def _to_regions_head_major(x: torch.Tensor, num_regions) -> torch.Tensor:
+    """``[B, heads, H, W, d]`` → ``[heads, B·R, n, d]`` (regions row-major within each image)."""
+    nh, nw = _pair(num_regions)
+    B, h, H, W, d = x.shape
+    x = x.reshape(B, h, nh, H // nh, nw, W // nw, d).permute(1, 0, 2, 4, 3, 5, 6)
+    return x.reshape(h, B * nh * nw, (H // nh) * (W // nw), d)
+
+
+def _from_regions_head_major(x: torch.Tensor, num_regions, B: int, hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`_to_regions_head_major`: ``[heads, B·R, n, d]`` → ``[B, heads, H, W, d]``."""
+    nh, nw = _pair(num_regions)
+    H, W = hw
+    h, _, _, d = x.shape
+    x = x.reshape(h, B, nh, nw, H // nh, W // nw, d).permute(1, 0, 2, 4, 3, 5, 6)
+    return x.reshape(B, h, H, W, d)
+
+
+def _route_head_major(qh: torch.Tensor, kh: torch.Tensor, B: int, topk: int, scale: float) -> torch.Tensor:
+    """:func:`_route` on head-major regions: the same region means (over each region's n tokens) and
+    logits, so the same top-k indices ``[B, R, topk]``."""
+    h, BR = qh.shape[:2]
+    q_win = qh.detach().mean(2).permute(1, 0, 2).reshape(B, BR // B, -1)  # [B, R, heads·d]
+    k_win = kh.detach().mean(2).permute(1, 0, 2).reshape(B, BR // B, -1)
+    logits = (q_win * scale) @ k_win.transpose(-2, -1)
+    return torch.topk(logits, k=topk, dim=-1).indices
 
 
 def _region_keep(idx: torch.Tensor, R: int) -> torch.Tensor:
