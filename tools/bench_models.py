@@ -162,7 +162,7 @@ def _machine(device: torch.device) -> dict:
 
 
 def _settings(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("out", "doc", "resume")}
+    return {k: v for k, v in vars(args).items() if k not in ("out", "doc", "resume", "merge")}
 
 
 def bench(args, previous: dict | None = None, save=None) -> dict:
@@ -254,19 +254,19 @@ def merge(parts: list[dict]) -> dict:
     """One result from runs of disjoint model lists made with the same settings (e.g. two processes at once,
     one per core). Rows keep the default model order; every ratio stays within its own run."""
     first = parts[0]
-    same = {k: v for k, v in first["settings"].items() if k not in _PER_RUN}
+    same = {k: v for k, v in first["settings"].items() if k not in _PER_RUN and v is not None}
     seen: set[str] = set()
     for part in parts:
-        other = {k: v for k, v in part["settings"].items() if k not in _PER_RUN}
-        if other != same:
-            diff = sorted(k for k in set(same) | set(other) if same.get(k) != other.get(k))
+        other = {k: v for k, v in part["settings"].items() if k not in _PER_RUN and v is not None}
+        diff = sorted(k for k in set(same) | set(other) if same.get(k) != other.get(k))
+        if diff:
             raise ValueError(f"cannot merge benchmarks made with other settings ({', '.join(diff)} differ)")
         models = {r["model"] for r in part["rows"]} | set(part.get("errors", {}))
         if models & seen:
             raise ValueError(f"models measured in two parts: {sorted(models & seen)}; merge disjoint runs")
         seen |= models
     order = {name: i for i, name in enumerate(DEFAULT_MODELS + CONTEXT)}
-    rows = [r for part in parts for r in part["rows"]]
+    rows = [dict(r, part=i) for i, part in enumerate(parts) for r in part["rows"]]
     rows.sort(key=lambda r: order.get(r["model"], len(order)))  # stable: unknown models keep run order
     models = list(dict.fromkeys(r["model"] for r in rows))
     return {
@@ -282,8 +282,9 @@ def markdown(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     parts = m.get("parts", 1)
     how = "" if parts == 1 else (
-        f" Merged from {parts} runs made at the same time (each with its own part of the model list, "
-        f"{m['threads']} thread(s) each): absolute img/s share the machine; each ratio is within one run."
+        f" Merged from {parts} runs, each with its own part of the model list ({m['threads']} thread(s) each; "
+        f"parts may have run at the same time, sharing the machine): compare absolute img/s within a part only; "
+        f"each ratio is within one run."
     )
     lines = [
         "# Model benchmark",

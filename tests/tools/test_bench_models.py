@@ -36,12 +36,14 @@ def test_bench_models_merge_parts(tmp_path, load_tool):
     for r in part_b["rows"]:
         r["model"] = "maxvit_nano"  # a model that comes first in the default order
     part_b["settings"]["models"] = "maxvit_nano"
+    part_b["settings"]["merge"] = None  # files written while --merge leaked into the settings still merge
     b = tmp_path / "b.json"
     b.write_text(json.dumps(part_b))
     out, doc = tmp_path / "m.json", tmp_path / "m"
     assert tool.main(["--merge", str(a), str(b), "--out", str(out), "--doc", str(doc)]) == 0
     merged = json.loads(out.read_text())
     assert [r["model"] for r in merged["rows"]] == ["maxvit_nano"] * 2 + ["nat_nano"] * 2
+    assert [r["part"] for r in merged["rows"]] == [1, 1, 0, 0]
     assert merged["settings"]["models"] == "maxvit_nano,nat_nano" and merged["machine"]["parts"] == 2
     assert "Merged from 2 runs" in doc.with_suffix(".md").read_text() and doc.with_suffix(".png").is_file()
     assert tool.main(["--merge", str(a), str(a), "--out", str(out)]) == 2  # same model twice
