@@ -11,9 +11,10 @@ Paths:
   PyTorch (autograd, any device, ONNX).
 - ``onednn``: one oneDNN primitive per call with the activation as a post-op (``torch.ops.mkldnn``), the
   BatchNorm folded into the weights (``w·γ/√(σ²+ε)``, ``(b - μ)·γ/√(σ²+ε) + β``). Saves the activation's
-  and the BatchNorm's extra passes over memory (aten's tanh-GELU is slow on CPU: fused 1x1 conv + BN +
-  tanh-GELU ran 1.6-3.7x the reference at MaxViT-T shapes), and oneDNN's fp32 GEMMs beat the MKL ones behind
-  ``F.linear`` on the AMD EPYC measured (plain linears 1.07-1.8x; docs/bench_ops.md, 1 thread). CPU,
+  and the BatchNorm's extra passes over memory (aten's tanh-GELU is slow on CPU: conv + BN + tanh-GELU ran
+  1.3-4.6x the reference at MaxViT-T shapes, linear + tanh-GELU 1.3-2.0x), and oneDNN's fp32 GEMMs beat the
+  MKL ones behind ``F.linear`` on the AMD EPYC measured (plain linears 1.07-1.8x across runs;
+  docs/bench_ops.md, 1 thread). CPU,
   fp32/bf16, inference only (no autograd: chosen only when no gradient is needed), never under CPU autocast
   (the reference then computes in the autocast dtype, as F.linear does), never while exporting or compiling
   (torch.compile fuses on its own). Values equal the reference up to float rounding (folding reorders the
