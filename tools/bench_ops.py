@@ -5,10 +5,11 @@ folded eval BatchNorm) at MaxViT-T's MLP and MBConv shapes.
 
 For each op and stage shape it times each backend that can run here (forced through
 ``zoo.ops.use_backend`` and confirmed with ``zoo.ops.last_path``): the median of ``--repeats`` runs after
-warm-up, forward only (``--backward`` adds forward+backward). Prints a table and writes JSON. Timings are
-measurements of this machine, never asserted anywhere. On CUDA (``--device cuda``, the default when a GPU is
-present) the ``triton`` kernels are timed too, with ``--dtype bfloat16`` for the usual GPU setting, and the
-peak memory of each run is recorded (on CPU too, from the profiler's allocation events); on CPU the triton
+warm-up, the paths of a shape interleaved, forward only (``--backward`` adds forward+backward). Prints a
+table and writes JSON. Timings are measurements of this machine, never asserted anywhere. On CUDA
+(``--device cuda``, the default when a GPU is present) the ``triton`` kernels are timed too, with
+``--dtype bfloat16`` for the usual GPU setting. The peak memory of one run is recorded (CUDA: the
+allocator's peak; CPU: the profiler's allocation events). On CPU the triton
 path is skipped (its interpreter is for tests only).
 
     python tools/bench_ops.py --out out/bench_ops.json [--backward] [--ops attention,routed_attention]
@@ -129,32 +130,50 @@ def _sync() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
-def _time(fn: Callable, backward: bool, repeats: int) -> tuple[float, float | None]:
-    """Median milliseconds over ``repeats`` runs after warm-up, and the peak memory of one run (MiB: the CUDA
-    allocator's peak; on CPU the profiler's allocation events)."""
+def _time(runs: dict[str, Callable], backward: bool, repeats: int) -> dict[str, tuple[float, float | None]]:
+    """Per path: median milliseconds over ``repeats`` runs after 2 warm-up runs, the paths INTERLEAVED (one run
+    of each in turn, so a change of machine load hits them alike), and the peak memory of one run (MiB: the
+    CUDA allocator's peak; on CPU the profiler's allocation events). ``runs`` maps a path to a callable that
+    runs the op on it."""
 
-    def run():
+    def run(fn):
         out = fn()
         if backward:
             out.float().square().mean().backward()
 
-    for _ in range(2):
-        run()
+    for fn in runs.values():
+        for _ in range(2):
+            run(fn)
     _sync()
-    if DEVICE.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(DEVICE)
-        base = torch.cuda.memory_allocated(DEVICE)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    if DEVICE.type == "cuda":
-        peak = round((torch.cuda.max_memory_allocated(DEVICE) - base) / 2**20, 2)
-    else:
-        peak = _peak_cpu_mib(fn, backward)
-    return statistics.median(times) * 1e3, peak
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            run(fn)
+            _sync()
+            times[name].append(time.perf_counter() - t0)
+    result = {}
+    for name, fn in runs.items():
+        if DEVICE.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(DEVICE)
+            base = torch.cuda.memory_allocated(DEVICE)
+            run(fn)
+            _sync()
+            peak = round((torch.cuda.max_memory_allocated(DEVICE) - base) / 2**20, 2)
+        else:
+            peak = _peak_cpu_mib(fn, backward)
+        result[name] = (statistics.median(times[name]) * 1e3, peak)
+    return result
+
+
+def _on_path(fn: Callable, backend: str, grad: bool) -> Callable:
+    """``fn`` forced onto ``backend`` (and with autograd on for the forward+backward mode)."""
+
+    def run():
+        with ops.use_backend(backend), torch.set_grad_enabled(grad):
+            return fn()
+
+    return run
 
 
 def _peak_cpu_mib(fn: Callable, backward: bool) -> float | None:
@@ -188,7 +207,8 @@ def markdown(result: dict) -> str:
     m = result["meta"]
     where = m["gpu"] or f"{m['processor']}, {m['cpu_threads']} thread(s)"
     lines = [f"## {m['mode']}, {m['dtype']}, {m['device']} ({where}), torch {m['torch']}", "",
-             f"Median of {m['repeats']} runs after 2 warm-up runs. 'x ref' = reference time / this path's time. "
+             f"Median of {m['repeats']} interleaved runs after 2 warm-up runs. "
+             "'x ref' = reference time / this path's time. "
              f"Default path here: {', '.join(f'{k} → {v}' for k, v in m['auto_path'].items())}.", "",
              "Peak MiB = memory allocated during one run above what was allocated before it (inputs excluded).", "",
              "| op | shape | path | ms | x ref | peak MiB |", "|---|---|---|---:|---:|---:|"]
@@ -230,19 +250,20 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"unknown op {op!r}; choose from {sorted(CASES)}")
         impls = _dispatch._REGISTRY.get(op, {})
         for label, fn in CASES[op](args.backward):
+            runs: dict[str, Callable] = {}
             for backend in impls:
                 if backend == "triton" and device.type != "cuda":
                     continue  # the Triton interpreter (TRITON_INTERPRET=1) is for tests, far too slow here
-                with ops.use_backend(backend), torch.set_grad_enabled(args.backward):
-                    try:
-                        fn()
-                    except Exception as err:  # a path that cannot run this shape is reported, not hidden
-                        rows.append(dict(op=op, shape=label, path=backend, ms=None, error=str(err)[:200]))
-                        print(f"{op:<26} {label:<40} {backend:<10} {'error':>10}  {str(err)[:60]}")
-                        continue
-                    if ops.last_path(op) != backend:
-                        continue  # this backend cannot run here; the dispatcher fell back
-                    ms, peak = _time(fn, args.backward, args.repeats)
+                run = _on_path(fn, backend, args.backward)
+                try:
+                    run()
+                except Exception as err:  # a path that cannot run this shape is reported, not hidden
+                    rows.append(dict(op=op, shape=label, path=backend, ms=None, error=str(err)[:200]))
+                    print(f"{op:<26} {label:<40} {backend:<10} {'error':>10}  {str(err)[:60]}")
+                    continue
+                if ops.last_path(op) == backend:  # else this backend cannot run here; the dispatcher fell back
+                    runs[backend] = run
+            for backend, (ms, peak) in _time(runs, args.backward, args.repeats).items():
                 rows.append(dict(op=op, shape=label, path=backend, ms=round(ms, 3), peak_mib=peak))
                 extra = "" if peak is None else f"  {peak:>9.1f} MiB"
                 print(f"{op:<26} {label:<40} {backend:<10} {ms:>10.2f}{extra}", flush=True)
