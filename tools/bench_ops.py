@@ -130,26 +130,27 @@ def _sync() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
+def _run_once(fn: Callable, backward: bool) -> None:
+    """One run of an op: forward, and in the forward+backward mode a backward through a scalar of it."""
+    out = fn()
+    if backward:
+        out.float().square().mean().backward()
+
+
 def _time(runs: dict[str, Callable], backward: bool, repeats: int) -> dict[str, tuple[float, float | None]]:
     """Per path: median milliseconds over ``repeats`` runs after 2 warm-up runs, the paths INTERLEAVED (one run
     of each in turn, so a change of machine load hits them alike), and the peak memory of one run (MiB: the
     CUDA allocator's peak; on CPU the profiler's allocation events). ``runs`` maps a path to a callable that
     runs the op on it."""
-
-    def run(fn):
-        out = fn()
-        if backward:
-            out.float().square().mean().backward()
-
     for fn in runs.values():
         for _ in range(2):
-            run(fn)
+            _run_once(fn, backward)
     _sync()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
             t0 = time.perf_counter()
-            run(fn)
+            _run_once(fn, backward)
             _sync()
             times[name].append(time.perf_counter() - t0)
     result = {}
@@ -157,7 +158,7 @@ def _time(runs: dict[str, Callable], backward: bool, repeats: int) -> dict[str, 
         if DEVICE.type == "cuda":
             torch.cuda.reset_peak_memory_stats(DEVICE)
             base = torch.cuda.memory_allocated(DEVICE)
-            run(fn)
+            _run_once(fn, backward)
             _sync()
             peak = round((torch.cuda.max_memory_allocated(DEVICE) - base) / 2**20, 2)
         else:
@@ -182,14 +183,9 @@ def _peak_cpu_mib(fn: Callable, backward: bool) -> float | None:
     import os
     import tempfile
 
-    def run():
-        out = fn()
-        if backward:
-            out.float().square().mean().backward()
-
     acts = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
-        run()
+        _run_once(fn, backward)
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .mlp import _hooked, activation_name, get_act_layer
+from .mlp import _hooked, activation_name, get_act_layer, run_modules
 
 _PADDINGS = ("same", "symmetric", "valid")
 
@@ -190,8 +190,7 @@ def conv_act(conv: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> 
     hooked; otherwise the modules run as they are."""
     name = activation_name(act)
     if not _plain_conv(conv) or name is None or _hooked(conv, act):
-        x = conv(x)
-        return act(x) if act is not None else x
+        return run_modules(x, conv, act)
     return _conv_op(conv, x, name)
 
 
@@ -219,7 +218,6 @@ def conv_norm_act(
         and not _hooked(conv, norm, inner, act)
     )
     if not fusable:
-        x = norm(conv(x))
-        return act(x) if act is not None else x
+        return run_modules(x, conv, norm, act)
     bn = ops.BatchNormStats(norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
     return _conv_op(conv, x, name, bn)

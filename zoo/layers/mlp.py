@@ -52,6 +52,14 @@ def _hooked(*modules: nn.Module | None) -> bool:
     return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)
 
 
+def run_modules(x: torch.Tensor, *modules: nn.Module | None) -> torch.Tensor:
+    """Apply ``modules`` in turn, skipping None: the unfused fallback of the fused calls below."""
+    for m in modules:
+        if m is not None:
+            x = m(x)
+    return x
+
+
 def linear_act(fc: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
     """``act(fc(x))`` through :func:`zoo.ops.linear` (one fused call where a fast path exists, e.g. oneDNN
     for CPU inference) when ``fc`` is a plain ``nn.Linear`` and ``act`` a plain activation, none of them
@@ -60,8 +68,7 @@ def linear_act(fc: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> 
     name = activation_name(act)
     if type(fc) is nn.Linear and name is not None and not _hooked(fc, act):
         return ops.linear(x, fc.weight, fc.bias, act=name)
-    x = fc(x)
-    return act(x) if act is not None else x
+    return run_modules(x, fc, act)
 
 
 class Mlp(nn.Module):

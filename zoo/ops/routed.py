@@ -89,13 +89,24 @@ def from_regions(x: torch.Tensor, num_regions: int | tuple[int, int], hw: tuple[
     return x.reshape(B, h, H, W, d)
 
 
+def _topk_regions(q_win: torch.Tensor, k_win: torch.Tensor, topk: int, scale: float) -> torch.Tensor:
+    """Region descriptors ``[B, R, heads·d]`` (means over each region's tokens) → top-k indices ``[B, R, topk]``."""
+    logits = (q_win * scale) @ k_win.transpose(-2, -1)  # [B, R, R]
+    return torch.topk(logits, k=topk, dim=-1).indices
+
+
 def _route(qr: torch.Tensor, kr: torch.Tensor, topk: int, scale: float) -> torch.Tensor:
     """Region-major q, k ``[B, R, heads, n, d]`` → top-k region indices ``[B, R, topk]`` (no gradient)."""
     B, R = qr.shape[:2]
     q_win = qr.detach().mean(3).reshape(B, R, -1)  # [B, R, heads·d]: mean over the region's tokens
     k_win = kr.detach().mean(3).reshape(B, R, -1)
-    logits = (q_win * scale) @ k_win.transpose(-2, -1)  # [B, R, R]
-    return torch.topk(logits, k=topk, dim=-1).indices
+    return _topk_regions(q_win, k_win, topk, scale)
+
+
+def _flat_region_indices(idx: torch.Tensor, R: int) -> torch.Tensor:
+    """Routing indices ``[B, R, topk]`` → ``[B·R·topk]`` indices into the flattened ``B·R`` regions."""
+    B = idx.shape[0]
+    return (idx + torch.arange(B, device=idx.device, dtype=idx.dtype).view(B, 1, 1) * R).reshape(-1)
 
 
 def _gather_regions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -104,8 +115,7 @@ def _gather_regions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     backward is an index_add into ``x``'s size, not into a ``R×`` expanded copy)."""
     B, R, h, n, c = x.shape
     topk = idx.shape[-1]
-    offset = torch.arange(B, device=idx.device, dtype=idx.dtype).view(B, 1, 1) * R
-    sel = x.reshape(B * R, h, n, c).index_select(0, (idx + offset).reshape(-1))  # [B·R·topk, h, n, c]
+    sel = x.reshape(B * R, h, n, c).index_select(0, _flat_region_indices(idx, R))  # [B·R·topk, h, n, c]
     sel = sel.view(B * R, topk, h, n, c)
     if topk == 1:
         return sel.view(B * R, h, n, c)
@@ -117,15 +127,13 @@ def _default_scale(q: torch.Tensor, scale: float | None) -> float:
     return (q.shape[1] * q.shape[-1]) ** -0.5 if scale is None else scale
 
 
-def _attend_gathered(qr, kr, vr, idx, scale, fused: bool):
-    """Attention of every region's queries over the tokens of its routed regions (gather form)."""
+def _attend_gathered(qr, kr, vr, idx, scale):
+    """Attention of every region's queries over the tokens of its routed regions (gather form, plain
+    PyTorch)."""
     B, R, h, n, _ = qr.shape
     ks, vs = _gather_regions(kr, idx), _gather_regions(vr, idx)  # [B·R, h, topk·n, c]
     qf = qr.reshape(B * R, h, n, -1)
-    if fused:
-        out = F.scaled_dot_product_attention(qf, ks, vs, scale=scale)
-    else:
-        out = ((qf * scale) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
+    out = ((qf * scale) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
     return out.view(B, R, h, n, -1)
 
 
@@ -133,7 +141,7 @@ def _attend_gathered(qr, kr, vr, idx, scale, fused: bool):
 def routed_attention_reference(q, k, v, num_regions, topk, scale, indices=None):
     qr, kr, vr = to_regions(q, num_regions), to_regions(k, num_regions), to_regions(v, num_regions)
     idx = _route(qr, kr, topk, scale) if indices is None else indices
-    out = _attend_gathered(qr, kr, vr, idx, scale, fused=False)
+    out = _attend_gathered(qr, kr, vr, idx, scale)
     return from_regions(out, num_regions, (q.shape[2], q.shape[3]))
 
 
@@ -158,7 +166,7 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
     qh, kh, vh = (_to_regions_head_major(t, num_regions) for t in (q, k, v))
     if indices is None:
         indices = _route_head_major(qh, kh, B, topk, scale)
-    flat = (indices + torch.arange(B, device=indices.device, dtype=indices.dtype).view(B, 1, 1) * R).reshape(-1)
+    flat = _flat_region_indices(indices, R)
     topk = indices.shape[-1]
     ks = kh.index_select(1, flat).view(h, B * R, topk * kh.shape[2], kh.shape[3])
     vs = vh.index_select(1, flat).view(h, B * R, topk * vh.shape[2], vh.shape[3])
@@ -191,11 +199,10 @@ def _from_regions_head_major(x: torch.Tensor, num_regions, B: int, hw: tuple[int
 def _route_head_major(qh: torch.Tensor, kh: torch.Tensor, B: int, topk: int, scale: float) -> torch.Tensor:
     """:func:`_route` on head-major regions: the same region means (over each region's n tokens) and
     logits, so the same top-k indices ``[B, R, topk]``."""
-    h, BR = qh.shape[:2]
+    BR = qh.shape[1]
     q_win = qh.detach().mean(2).permute(1, 0, 2).reshape(B, BR // B, -1)  # [B, R, heads·d]
     k_win = kh.detach().mean(2).permute(1, 0, 2).reshape(B, BR // B, -1)
-    logits = (q_win * scale) @ k_win.transpose(-2, -1)
-    return torch.topk(logits, k=topk, dim=-1).indices
+    return _topk_regions(q_win, k_win, topk, scale)
 
 
 def _region_keep(idx: torch.Tensor, R: int) -> torch.Tensor:
