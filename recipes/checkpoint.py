@@ -3,6 +3,12 @@
 Every recipe LightningModule saves ``task`` among its hyper-parameters and keeps its network at
 ``self.model``; ``load_model`` picks the module class by ``task``, rebuilds it from the saved hparams
 and returns the network in eval mode.
+
+Checkpoints are read with ``torch.load(weights_only=True)`` (``read_recipe_checkpoint``): a recipe checkpoint
+holds only containers, numbers, strings and tensors, so a file that needs other pickled objects is refused
+(unpickling can run code) unless the caller opts in with ``ZOO_ALLOW_PICKLE=1`` or
+``with zoo.models.allow_pickle():``. ``resume_checkpoint`` picks what a resume loads: ``last.ckpt``, or the
+newest intact checkpoint when it is corrupt, or an error when there is nothing to resume.
 """
 
 from __future__ import annotations
@@ -10,12 +16,22 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pickle
+import re
+import warnings
+from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-__all__ = ["TASK_MODULES", "load_model", "module_class"]
+__all__ = [
+    "TASK_MODULES",
+    "NothingToResumeError",
+    "load_model",
+    "module_class",
+    "read_recipe_checkpoint",
+    "resume_checkpoint",
+]
 
 # task -> "module:Class" (imported lazily: detection/segmentation pull in torchvision/smp)
 TASK_MODULES: dict[str, str] = {
@@ -43,17 +59,77 @@ def _img_size(hp: dict[str, Any], model: nn.Module) -> Any:
     return None
 
 
-def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network of a recipe checkpoint.
+class NothingToResumeError(FileNotFoundError):
+    """A resume was asked for, but the run folder holds no intact checkpoint."""
 
-    Returns ``(model.eval(), info)`` with info ``{task, model_name, num_classes, img_size, hparams}``.
-    Raises FileNotFoundError / ValueError with what was wrong (missing file, not a recipe checkpoint,
-    unknown task)."""
+
+def read_recipe_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -> dict[str, Any]:
+    """The checkpoint dict, read on the CPU with ``weights_only=True`` through ``zoo.models.read_checkpoint``.
+
+    Raises FileNotFoundError (no file) or ValueError: the file is unreadable (not a checkpoint, truncated,
+    corrupt), or it holds pickled Python objects and pickle was not opted in (``allow_pickle``, default
+    ``ZOO_ALLOW_PICKLE`` / ``zoo.models.allow_pickle()``)."""
+    from zoo.models import read_checkpoint
+
+    try:
+        ckpt = read_checkpoint(path, allow_pickle=allow_pickle)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err.__cause__ or err))
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(
+            f"refused to load {os.fspath(path)!r}: it holds pickled Python objects{what}, and unpickling them can "
+            "run code. Recipe checkpoints written by tools/train.py or tools/demo.py hold none, so this file was "
+            "written by other code or modified. Only if you trust it: ZOO_ALLOW_PICKLE=1 or "
+            "`with zoo.models.allow_pickle():`."
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{os.fspath(path)!r} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+def resume_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
+    """The checkpoint a resume of the run whose checkpoints are in ``ckpt_dir`` loads: ``last.ckpt`` when it
+    reads back; otherwise (corrupt or refused) the newest other ``*.ckpt`` that does, with a warning naming
+    what was skipped. Raises NothingToResumeError when no checkpoint reads back (e.g. the run was killed
+    during its first checkpoint write), instead of letting the trainer start over."""
+    ckpt_dir = Path(ckpt_dir)
+    last = ckpt_dir / "last.ckpt"
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p.name != last.name and p.is_file()),
+                    key=lambda p: p.stat().st_mtime, reverse=True) if ckpt_dir.is_dir() else []
+    candidates = ([last] if last.is_file() else []) + others
+    skipped: list[str] = []
+    for path in candidates:
+        try:
+            ckpt = read_recipe_checkpoint(path)
+        except (ValueError, OSError) as err:
+            skipped.append(f"{path.name}: {err}")
+            continue
+        if "loops" not in ckpt or "state_dict" not in ckpt:
+            skipped.append(f"{path.name}: holds no trainer state (weights only), cannot resume from it")
+            continue
+        if skipped:
+            warnings.warn(f"resuming from {path} (global step {ckpt.get('global_step')}) instead of a newer file "
+                          "that could not be used: " + " | ".join(skipped), stacklevel=2)
+        return path
+    why = ("; skipped: " + " | ".join(skipped)) if skipped else (
+        " (a run stopped before or during its first checkpoint write leaves none)")
+    raise NothingToResumeError(
+        f"nothing to resume: no intact checkpoint in {ckpt_dir}{why}. Start a new run instead (without "
+        "--resume / --ckpt_path last)."
+    )
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network of a recipe checkpoint (read with ``weights_only=True``, see module docstring).
+
+    Returns ``(model.eval(), info)`` with info ``{task, model_name, num_classes, img_size, hparams}``; the model
+    is moved to ``map_location`` (a device or device string). Raises FileNotFoundError / ValueError with what
+    was wrong (missing file, unreadable file, pickled objects without opt-in, not a recipe checkpoint, unknown
+    task)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
-    # Lightning checkpoints hold plain containers + tensors (hparams may hold simple objects): trusted file.
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = read_recipe_checkpoint(path)
     hp = dict(ckpt.get("hyper_parameters") or {})
     task = hp.get("task")
     if task is None:
@@ -86,4 +162,6 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.M
         "img_size": _img_size(hp, model),
         "hparams": hp,
     }
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model = model.to(map_location)
     return model.eval(), info

@@ -24,7 +24,9 @@ Layout of a run directory (``trainer.default_root_dir``)::
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import logging
 import math
@@ -48,6 +50,7 @@ from torch import nn
 
 __all__ = [
     "AtomicCheckpointIO",
+    "CheckpointWriteError",
     "FinalMetrics",
     "RecipeCLI",
     "RecipeModule",
@@ -262,9 +265,48 @@ class SkippedSamplesLogger(Callback):
 # checkpoints
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, file too large, I/O error); the message names the
+    file and the cause, ``errno`` is the cause's, and no partial file is left behind."""
+
+
+_FULL_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
+
+
+def _os_cause(err: BaseException) -> OSError | None:
+    """The first ``OSError`` in ``err``'s cause/context chain (torch's zip writer wraps the file object's
+    ``OSError`` in a ``RuntimeError`` that only says 'unexpected pos')."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _remove_stale_partials(tmp_dir: Path) -> None:
+    """Remove ``<name>.<pid>`` temp files of processes that no longer run (a SIGKILL during a write)."""
+    for f in tmp_dir.glob("*.*"):
+        pid = f.suffix[1:]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except PermissionError:  # a live process of another user
+            pass
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to ``<dir>/.partial/<name>`` and renames it into place (``os.replace``), so a kill
-    while saving leaves the previous file intact. Remote paths fall back to Lightning's writer."""
+    """Writes each checkpoint to ``<dir>/.partial/<name>.<pid>`` and renames it into place (``os.replace``), so
+    a kill while saving leaves the previous file intact. A failed write (disk full, ...) removes the temp file
+    and raises :class:`CheckpointWriteError` ("disk full while writing <path>"); temp files of killed
+    processes are removed at the next save. Reads go through ``recipes.checkpoint.read_recipe_checkpoint``
+    (``weights_only=True``; pickled objects only with ``ZOO_ALLOW_PICKLE=1`` / ``zoo.models.allow_pickle()``).
+    Remote paths fall back to Lightning's reader and writer."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         fs = get_filesystem(path)
@@ -273,12 +315,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         tmp_dir = path.parent / ".partial"
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(tmp_dir)
         tmp = tmp_dir / f"{path.name}.{os.getpid()}"
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp_dir.rmdir()  # only if empty
+            cause = _os_cause(err)
+            if cause is None:
+                raise
+            what = _FULL_ERRNOS.get(cause.errno, cause.strerror or "write failed")
+            raise CheckpointWriteError(
+                cause.errno,
+                f"{what} while writing {path} ({os.strerror(cause.errno)}); the partial file was removed and the "
+                f"previous checkpoints are intact. Free space under {path.parent} (or point the run elsewhere) "
+                "and resume from the last checkpoint",
+            ) from err
+        with contextlib.suppress(OSError):
+            tmp_dir.rmdir()
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        fs = get_filesystem(path)
+        if type(fs).__name__ != "LocalFileSystem":
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        from recipes.checkpoint import read_recipe_checkpoint
+
+        # weights_only=False passed explicitly by the caller's code is its opt-in to unpickling
+        return read_recipe_checkpoint(path, allow_pickle=True if weights_only is False else None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -525,7 +594,13 @@ class RecipeCLI(LightningCLI):
     """LightningCLI with the recipe defaults: unless the config sets its own, the trainer gets
     ``default_callbacks`` (monitor taken from the model's ``monitor``/``monitor_mode``), ``default_loggers`` and
     ``AtomicCheckpointIO``, all under ``trainer.default_root_dir`` (default ``runs/<task>``).
-    Extra top-level options: ``--ckpt_every_n_steps`` (default 200) and ``--no_progress_bar``."""
+    Extra top-level options: ``--ckpt_every_n_steps`` (default 200) and ``--no_progress_bar``.
+
+    The resolved config goes to ``<root>/logs/config.yaml`` for ``fit`` (a resumed fit rewrites it) and to
+    ``config-<subcommand>.yaml`` for validate/test/predict, which so never overwrite the fit's record.
+    ``--ckpt_path last`` loads ``recipes.checkpoint.resume_checkpoint(<root>/checkpoints)``: ``last.ckpt``, the
+    newest intact checkpoint when it is corrupt (with a warning), or an error when there is nothing to resume
+    (Lightning would warn and start over)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -565,12 +640,20 @@ class RecipeCLI(LightningCLI):
         kwargs["plugins"] = plugins
         if no_bar:
             kwargs["enable_progress_bar"] = False
+        if "config_filename" not in self.save_config_kwargs:  # only fit writes config.yaml
+            name = "config.yaml" if self.subcommand in (None, "fit") else f"config-{self.subcommand}.yaml"
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
         return super().instantiate_trainer(**kwargs)
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         """``--ckpt_path best`` in a new process (validate/test/predict after fit): the newest
-        ``<root>/checkpoints/best-*.ckpt`` (Lightning only knows the best path within the fit's process)."""
+        ``<root>/checkpoints/best-*.ckpt`` (Lightning only knows the best path within the fit's process).
+        ``--ckpt_path last``: ``resume_checkpoint`` (raises NothingToResumeError when there is none)."""
         kw = super()._prepare_subcommand_kwargs(subcommand)
+        if kw.get("ckpt_path") == "last":
+            from recipes.checkpoint import resume_checkpoint
+
+            kw["ckpt_path"] = str(resume_checkpoint(Path(self.trainer.default_root_dir, "checkpoints")))
         if kw.get("ckpt_path") == "best" and subcommand != "fit":
             cb = self.trainer.checkpoint_callback
             if not getattr(cb, "best_model_path", ""):

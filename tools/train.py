@@ -8,7 +8,9 @@ The config picks the LightningModule (``model.class_path``: recipes.classificati
 recipes.detection.DetectionModule, recipes.segmentation.SegmentationModule) and the data module. Defaults added
 by ``recipes.common.RecipeCLI``: checkpoints (best + last at epoch end, last every ``--ckpt_every_n_steps``),
 CSV + TensorBoard logs, metrics.json + curves.png, atomic checkpoint writes; all under
-``trainer.default_root_dir``.
+``trainer.default_root_dir``. ``fit`` saves its resolved config as ``logs/config.yaml``; test/validate/predict save
+theirs as ``logs/config-<subcommand>.yaml``. A full disk while writing a checkpoint, or ``--ckpt_path last``
+with no intact checkpoint, ends with one line saying so (exit status 1).
 """
 
 from __future__ import annotations
@@ -35,4 +37,11 @@ def main(args: list[str] | None = None) -> RecipeCLI:
 
 
 if __name__ == "__main__":
-    main()
+    from recipes.checkpoint import NothingToResumeError
+    from recipes.common import CheckpointWriteError
+
+    try:
+        main()
+    except (CheckpointWriteError, NothingToResumeError) as err:  # say what and what to do, not 40 frames
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -64,10 +64,26 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+# what torch's weights_only unpickler says about a well-formed pickle that names a non-allowlisted object
+_REFUSED_GLOBAL = re.compile(r"GLOBAL |add_safe_globals|allowlisted")
+
+
+def _unreadable(path: Path, err: BaseException) -> ValueError:
+    detail = " ".join(str(err).split())
+    detail = detail[detail.find("WeightsUnpickler error:"):] if "WeightsUnpickler error:" in detail else detail
+    return ValueError(
+        f"{path} is unreadable as a checkpoint: not a torch/safetensors file, or truncated or corrupt "
+        f"({type(err).__name__}: {detail[:200] or 'empty file'}). Check the file (size, download, copy); "
+        "opting in to pickle does not help."
+    )
+
+
 def read_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -> dict[str, Any]:
     """The object stored in a checkpoint file (``.safetensors`` or a torch pickle), read with
     ``weights_only=True``. A file that needs pickled objects raises unless ``allow_pickle`` (default: the
-    ``ZOO_ALLOW_PICKLE`` environment variable or an enclosing ``allow_pickle()`` block) is set."""
+    ``ZOO_ALLOW_PICKLE`` environment variable or an enclosing ``allow_pickle()`` block) is set (raises
+    ``pickle.UnpicklingError``); a file that is no checkpoint at all (random bytes, truncated, empty) raises
+    ``ValueError`` saying it is unreadable."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
@@ -77,7 +93,11 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -
         return load_file(str(path), device="cpu")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError) as err:  # not a zip / truncated archive / empty file
+        raise _unreadable(path, err) from err
     except pickle.UnpicklingError as err:
+        if not _REFUSED_GLOBAL.search(str(err)):  # garbage bytes, not a refused Python object
+            raise _unreadable(path, err) from err
         allowed = _pickle_allowed() if allow_pickle is None else allow_pickle
         if not allowed:
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
