@@ -237,7 +237,7 @@ class AgentAttention(nn.Module):
             return t.reshape(B, t.shape[1], heads, dh).transpose(1, 2)
 
         q, k, v = heads_first(q), heads_first(k), heads_first(v)
-        agent = heads_first(agent.reshape(B, -1, C))
+        agent = heads_first(agent.reshape(B, agent.shape[1] * agent.shape[2], C))  # not -1: ambiguous at B = 0
         agent_bias, query_bias = self.position_biases((H, W), (Hk, Wk))
         out = ops.agent_attention(
             q, k, v, agent, agent_bias.to(q.dtype), query_bias.to(q.dtype), scale=self.scale
@@ -269,7 +269,7 @@ class AgentAttention(nn.Module):
         if not P:
             return self(x).reshape(tokens.shape)
         y, cls = self(x, tokens[:, :P])
-        return torch.cat([cls, y.reshape(tokens.shape[0], H * W, -1)], dim=1)
+        return torch.cat([cls, y.reshape(tokens.shape[0], H * W, y.shape[-1])], dim=1)
 
     def extra_repr(self) -> str:
         return (

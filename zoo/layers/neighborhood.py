@@ -82,7 +82,8 @@ class _NeighborhoodAttention(nn.Module):
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B, *spatial, C]`` (each axis >= window_size) → attention output before ``proj``."""
         B, *spatial, C = x.shape
-        qkv = linear_act(self.qkv, x).reshape(B, -1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        N = spatial[0] * spatial[1] if len(spatial) == 2 else spatial[0]  # explicit: a -1 is ambiguous at B = 0
+        qkv = linear_act(self.qkv, x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = (t.reshape(B, self.num_heads, *spatial, self.head_dim) for t in qkv.unbind(0))
         fn = ops.neighborhood_attention2d if self.ndim == 2 else ops.neighborhood_attention1d
         p = self.attn_drop.p if self.training else 0.0

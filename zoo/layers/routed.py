@@ -165,13 +165,14 @@ class BiLevelRoutingAttention(nn.Module):
         q, k, v = linear_act(self.qkv, x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
         h = self.num_heads
         if self.dense:
-            qh, kh, vh = (t.reshape(B, Hp * Wp, h, -1).transpose(1, 2) for t in (q, k, v))
+            qh, kh, vh = (t.reshape(B, Hp * Wp, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))
             out = ops.attention(qh, kh, vh, scale=self.scale)  # [B, heads, N, d]
             out = out.transpose(1, 2).reshape(B, Hp, Wp, self.dim)
         else:
             # reshape with the traced sizes, not unflatten: torch.jit.trace bakes unflatten's output shape into
-            # the graph, so an exported model would only run at the example input's size
-            qh, kh, vh = (t.reshape(B, Hp, Wp, h, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v))
+            # the graph, so an exported model would only run at the example input's size (head dims explicit:
+            # a -1 is ambiguous for an empty batch)
+            qh, kh, vh = (t.reshape(B, Hp, Wp, h, t.shape[-1] // h).permute(0, 3, 1, 2, 4) for t in (q, k, v))
             out = ops.routed_attention(qh, kh, vh, self.n_win, self.topk, scale=self.scale)
             out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, self.dim)
         if self.lepe is not None:

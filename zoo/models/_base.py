@@ -23,6 +23,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
+from ..ops._checks import NonFiniteError
+
 # name -> builder. Builders take explicit keyword arguments (see the type aliases) plus device/dtype.
 STEMS: dict[str, Callable[..., nn.Module]] = {}
 DOWNSAMPLERS: dict[str, Callable[..., nn.Module]] = {}
@@ -142,6 +144,79 @@ def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int) -> None:
             )
 
 
+def check_model_args(
+    what: str, *, num_classes: int, in_chans: int, drop_rate: float, drop_path_rate: float
+) -> None:
+    """Reject constructor arguments no model can work with, at construction (not as a shape error or a NaN
+    in the first training step): ``in_chans`` an int >= 1, ``num_classes`` an int >= 0 (0 = no classifier,
+    features only), ``drop_rate`` and ``drop_path_rate`` in [0, 1) (at 1 every sample of a residual branch is
+    dropped and the kept ones are scaled by 1/(1 - rate) = 1/0: NaN/Inf in training)."""
+    for name, value, low in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            hint = " (0 builds the model without a classifier)" if name == "num_classes" else ""
+            raise ValueError(f"{what}: {name} must be an int >= {low}{hint}, got {value!r}")
+    for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"{what}: {name} must be a probability in [0, 1), got {value!r} (typical: 0.0-0.5; at 1 every "
+                "sample is dropped and the rest is scaled by 1/0)"
+            )
+
+
+def _failing_layer(model: nn.Module, err: BaseException) -> tuple[str, nn.Module | None]:
+    """The innermost submodule of ``model`` whose ``forward`` was running when ``err`` was raised (read from
+    the traceback's frames: no hooks, nothing to pay while nothing fails)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found: tuple[str, nn.Module | None] = ("", None)
+    tb = err.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_locals.get("self")
+        if isinstance(module, nn.Module) and id(module) in names and module is not model:
+            found = (names[id(module)], module)
+        tb = tb.tb_next
+    return found
+
+
+def explain_non_finite(model: nn.Module, err: NonFiniteError, x: torch.Tensor) -> NonFiniteError:
+    """``err`` (NaN/Inf seen by an op inside ``model``) as a :class:`~zoo.ops._checks.NonFiniteError` that
+    names the layer and the likely causes. ``x``: the model's input batch, which the stem already checked
+    to be finite, so the data is not the cause; what is left is the weights, or an overflow."""
+    name, module = _failing_layer(model, err)
+    where = f"layer {name!r} ({type(module).__name__})" if module is not None else "a layer inside the model"
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # the stem checks on CPU only
+        return NonFiniteError(f"the input batch holds NaN/Inf values; clean the data before the model ({err})",
+                              op=err.op, input=err.input)
+    bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        few = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        causes = (
+            f"the model's weights hold NaN/Inf ({few}): a diverged training step (lower the learning rate, clip "
+            "gradients, check the loss) or a bad checkpoint; reload good weights"
+        )
+    else:
+        big_name, big = max(
+            ((n, float(p.detach().abs().max())) for n, p in model.named_parameters() if p.numel()),
+            key=lambda item: item[1], default=("-", 0.0),
+        )
+        largest_input = float(x.detach().abs().max()) if x.numel() else 0.0
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+        causes = (
+            "the weights are finite, so a value overflowed: the dtype's range (model in "
+            f"{'/'.join(dtypes)}, input in {str(x.dtype).replace('torch.', '')}; float16 overflows above 65504, "
+            "use float32 or bfloat16), large weights (largest |weight| "
+            f"{big:.3g} in {big_name}: a bad setting such as a layer-scale or logit-scale init, or an unnormalized "
+            f"checkpoint), or very large inputs (largest |input| {largest_input:.3g}; normalize the images)"
+        )
+    out = NonFiniteError(
+        f"NaN/Inf reached {where} (computed there or in the layer before it), not from the data (the input "
+        f"batch is finite): {err}. Likely causes: {causes}.",
+        op=err.op, input=err.input,
+    )
+    out.located = True
+    return out
+
+
 class Backbone(nn.Module):
     """A hierarchical backbone built from a :class:`NetCfg`.
 
@@ -170,6 +245,10 @@ class Backbone(nn.Module):
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         dpr_total = cfg.drop_path_rate if drop_path_rate is None else drop_path_rate
+        check_model_args(
+            type(self).__name__, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+            drop_path_rate=dpr_total,
+        )
         depths = [s.depth for s in cfg.stages]
         # stochastic depth grows linearly over all blocks (computed in python: safe under the meta device)
         n = sum(depths)
@@ -258,9 +337,15 @@ class Backbone(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` → channels-last ``[B, h, w, num_features]`` after the final norm."""
+        images = x
         x = self.forward_stem(x)
-        for stage in self.stages:
-            x = stage(x)
+        try:
+            for stage in self.stages:
+                x = stage(x)
+        except NonFiniteError as err:
+            if getattr(err, "located", False):
+                raise
+            raise explain_non_finite(self, err, images) from err
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -285,12 +370,18 @@ class Backbone(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
+        images = x
         x = self.forward_stem(x)
         last = len(self.stages) - 1
         stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[: max_index + 1]
         i = 0
         for i, stage in enumerate(stages):
-            x = stage(x)
+            try:
+                x = stage(x)
+            except NonFiniteError as err:
+                if getattr(err, "located", False):
+                    raise
+                raise explain_non_finite(self, err, images) from err
             if i in take_indices:
                 y = self.norm(x) if (norm and i == last) else x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)

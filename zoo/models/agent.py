@@ -492,6 +492,10 @@ class AgentVisionTransformer(nn.Module):
             raise ValueError(f"AgentVisionTransformer: global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         if len(agent_num) != 4:
             raise ValueError(f"AgentVisionTransformer: agent_num needs 4 entries (official), got {agent_num}")
+        from ._base import check_model_args
+
+        check_model_args("AgentVisionTransformer", num_classes=num_classes, in_chans=in_chans,
+                         drop_rate=drop_rate, drop_path_rate=drop_path_rate)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -622,7 +626,7 @@ class AgentVisionTransformer(nn.Module):
             x = self._run_block(blk, x, (h, w))
             if i in take:
                 y = self.norm(x) if norm else x
-                y = y[:, self.num_prefix_tokens:].reshape(x.shape[0], h, w, -1)
+                y = y[:, self.num_prefix_tokens:].reshape(x.shape[0], h, w, y.shape[-1])
                 out.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
         if intermediates_only:
             return out

@@ -18,16 +18,30 @@ def _checks_enabled(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" or os.environ.get("ZOO_CHECK_FINITE") == "1"
 
 
+class NonFiniteError(ValueError):
+    """NaN/Inf found by the finiteness screen of an op. ``op``: the op; ``input``: the input that held them.
+
+    A model (:class:`zoo.models.Backbone`) catches it and raises it again naming the layer it came from and
+    the likely causes (its input batch is checked at the stem, so it can tell the data from the weights)."""
+
+    def __init__(self, message: str, op: str = "", input: str = ""):
+        super().__init__(message)
+        self.op = op
+        self.input = input
+
+
 def check_finite(op: str, **tensors: torch.Tensor | None) -> None:
-    """Raise ValueError naming the first input that holds NaN or Inf (CPU; see ZOO_CHECK_FINITE)."""
+    """Raise :class:`NonFiniteError` naming the first input that holds NaN or Inf (CPU; see ZOO_CHECK_FINITE)."""
     for name, t in tensors.items():
         if t is None or not t.is_floating_point() or not _checks_enabled(t):
             continue
         if not bool(torch.isfinite(t).all()):
             nan = int(torch.isnan(t).sum())
-            raise ValueError(
+            raise NonFiniteError(
                 f"{op}: input {name!r} {tuple(t.shape)} holds {nan} NaN and "
-                f"{int((~torch.isfinite(t)).sum()) - nan} Inf values; check the data or the layer before it"
+                f"{int((~torch.isfinite(t)).sum()) - nan} Inf values: the data, or the layer that computed "
+                f"{name!r} (non-finite weights, or an overflow: float16 range, huge weights or inputs)",
+                op=op, input=name,
             )
 
 
@@ -48,6 +62,25 @@ def checked_output(op: str, out: torch.Tensor, **inputs: torch.Tensor | None) ->
         total = out.sum(dtype=torch.float32) if out.element_size() < 4 else out.sum()  # fp16 overflows early
         if not bool(torch.isfinite(total)):
             check_finite(op, **inputs)
+    return out
+
+
+def empty_batch_output(shape: tuple[int, ...], *inputs: torch.Tensor | None) -> torch.Tensor | None:
+    """For an op whose inputs hold no elements (an empty batch, ``B = 0``): its output, an empty tensor of
+    ``shape``, without running a backend; else None (run the op).
+
+    One guard at each op's entry instead of one per backend: the kernels reshape with inferred sizes (a
+    ``-1`` is ambiguous next to a 0), and the Triton/NATTEN launches on CUDA take no empty grids. The output
+    stays in the autograd graph of the inputs (``+ 0·Σinput``, a sum over nothing), so a training step on an
+    empty batch gives zero gradients, not missing ones (DDP needs every parameter to receive one).
+    """
+    first = inputs[0]
+    if first is None or first.numel() != 0 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return None
+    out = first.new_zeros(shape)
+    for t in inputs:
+        if t is not None and t.is_floating_point() and t.requires_grad:
+            out = out + t.sum().to(out.dtype) * 0
     return out
 
 

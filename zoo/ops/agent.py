@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_qkv, checked_output
+from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import needs_grad as _needs_grad
 from ._dispatch import register, select
 from .attention import _sdpa_supports, dispatch_attention
@@ -153,6 +153,9 @@ def agent_attention(
     n, Nk = agent.shape[-2], k.shape[-2]
     _check_bias("agent_bias", agent_bias, (B, h, n, Nk), "[B, heads, n, Nk] =")
     _check_bias("query_bias", query_bias, (B, h, Nq, n), "[B, heads, Nq, n] =")
+    empty = empty_batch_output((B, h, Nq, v.shape[-1]), q, k, v, agent, agent_bias, query_bias)
+    if empty is not None:
+        return empty
     needs_grad = _needs_grad(q, k, v, agent, agent_bias, query_bias)
     impl = select("agent_attention", q.device, q.dtype, needs_grad=needs_grad)
     out = impl.fn(q, k, v, agent, agent_bias, query_bias, scale)

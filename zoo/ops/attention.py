@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton as _triton
-from ._checks import check_qkv, checked_output
+from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import forced_backend, register, select
 from ._dispatch import needs_grad as _needs_grad
 
@@ -156,6 +156,9 @@ def attention(
         raise ValueError(f"attention: q must be [B, heads, N, d], got shape {tuple(q.shape)}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: k and v need the same number of keys, got {k.shape[-2]} and {v.shape[-2]}")
+    empty = empty_batch_output((*q.shape[:-1], v.shape[-1]), q, k, v, bias)
+    if empty is not None:
+        return empty
     return checked_output("attention", dispatch_attention(q, k, v, bias, scale), q=q, k=k, v=v)
 
 

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton as _triton
-from ._checks import check_qkv, checked_output
+from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import has_module, is_tracing, register, select
 from ._dispatch import needs_grad as _needs_grad
 from .attention import dispatch_attention
@@ -447,6 +447,9 @@ def _check_args(op: str, spatial: tuple[int, ...], heads: int, kernel_size, dila
 
 
 def _run(op, q, k, v, spatial, kernel_size, dilation, rpb, scale, attn_drop):
+    empty = empty_batch_output((*q.shape[:-1], v.shape[-1]), q, k, v, rpb)
+    if empty is not None:
+        return empty
     B, h = q.shape[:2]
     n = 1
     for s in spatial:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton as _triton
-from ._checks import check_qkv, checked_output
+from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import needs_grad as _needs_grad
 from ._dispatch import register, select
 from .attention import attention_sdpa
@@ -373,6 +373,9 @@ def routed_attention(
     (nh, nw), topk = _validate("routed_attention", q, k, v, num_regions, topk)
     if indices is not None:
         _check_indices("routed_attention", indices, q.shape[0], nh * nw, topk)
+    empty = empty_batch_output((*q.shape[:-1], v.shape[-1]), q, k, v)
+    if empty is not None:
+        return empty
     needs_grad = _needs_grad(q, k, v)
     dense = topk == nh * nw and indices is None
     impl = select(_OP, q.device, q.dtype, needs_grad=needs_grad, dense=dense)
