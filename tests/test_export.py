@@ -36,21 +36,30 @@ def _family_landed(family: str) -> bool:
     return importlib.util.find_spec(f"zoo.models.{family}") is not None
 
 
-def _check_report(report, n_checks=3):
-    """Verified, within 1e-4, at batch 1 and 2 and at two sizes (one not a multiple of 32)."""
+def _check_report(report, n_checks=5):
+    """Verified, within 1e-4, at batch 1 and 2 and at sizes far from the export size: about half and twice it,
+    and an odd, non-square size (not a multiple of 32)."""
     assert report.ok and report.verified, report.summary()
     assert len(report.checks) == n_checks
     assert report.max_abs <= 1e-4, report.summary()
     shapes = [c.shape for c in report.checks]
     assert {s[0] for s in shapes} == {1, 2}
+    h0, w0 = report.input_size[1:]
     sizes = {s[2:] for s in shapes}
-    assert len(sizes) == 2 and any(h % 32 or w % 32 for h, w in sizes), shapes
+    assert any(h <= max(h0 // 2, 32) and w <= max(w0 // 2, 32) for h, w in sizes), shapes
+    assert any(h >= 2 * h0 and w >= 2 * w0 for h, w in sizes), shapes
+    assert any(h % 2 and w % 2 and h != w for h, w in sizes), shapes
     assert Path(report.path).is_file() and report.external_data is None  # one self-contained file
     assert not Path(report.path + ".data").exists()
     onnx.checker.check_model(report.path)
     model = onnx.load(report.path, load_external_data=False)
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, "height", "width"]
+
+
+# sizes of the issue that found CrossFormer and Agent-Swin graphs baked to the export size: 0.25x to 2x of a
+# 224 export, odd and non-square, crossing every size-dependent regime (windows that shrink to small maps)
+FAR_SIZES = [(224, 224), (64, 64), (96, 80), (100, 75), (320, 256), (448, 448), (33, 47)]
 
 
 QUICK = ["crossformer_nano", "maxvit_nano", "agent_swin_nano", "agent_pvt_t", "agent_deit_t", "nat_nano",
@@ -68,10 +77,30 @@ def _skip_unlanded(name: str) -> None:
     "name", QUICK + [pytest.param(n, marks=heavy) for n in TINY]
 )
 def test_export_family_dynamic(name, tmp_path):
+    """Exported at 224, right in onnxruntime from 0.25x to 2x the export size (and 33x47)."""
     _skip_unlanded(name)
-    report = export_onnx(name, tmp_path / f"{name}.onnx", num_classes=10, **TOL)
-    _check_report(report)
+    report = export_onnx(name, tmp_path / f"{name}.onnx", num_classes=10, check_sizes=FAR_SIZES, **TOL)
+    assert report.ok and report.max_abs <= 1e-4, report.summary()
+    assert [c.shape[2:] for c in report.checks] == [FAR_SIZES[0]] + FAR_SIZES
     assert report.exporter == "torchscript" and report.backend == "sdpa"
+
+
+@pytest.mark.parametrize("name", ["crossformer_nano", "agent_swin_nano", "hybrid_nat_biformer_nano"])
+def test_export_small_odd_size_serves_large(name, tmp_path):
+    """Exported at an odd 47x33 (every window shrunk to the map in the last stages), right at 224 and 320x256
+    where the windows no longer shrink (Agent-Swin exported at 33x47 used to fail at every other size)."""
+    report = export_onnx(name, tmp_path / f"{name}.onnx", num_classes=10, img_size=(47, 33),
+                         check_sizes=[(47, 33), (224, 224), (320, 256), (64, 64)], **TOL)
+    assert report.ok and report.max_abs <= 1e-4, report.summary()
+
+
+def test_default_check_sizes_reach_far():
+    from zoo.export import default_check_sizes
+
+    assert default_check_sizes(224, 224) == [(224, 224), (112, 112), (448, 448), (169, 281)]
+    assert default_check_sizes(32, 48) == [(32, 48), (32, 32), (64, 96), (33, 61)]
+    # models that take multiples of their stride only (smp): every size a multiple
+    assert default_check_sizes(256, 256, multiple=32) == [(256, 256), (128, 128), (512, 512), (288, 320)]
 
 
 def _parity_cases() -> list[str]:
@@ -97,9 +126,10 @@ def test_export_heads(tmp_path):
     feats = export_onnx("nat_nano", tmp_path / "feat.onnx", head="features", img_size=96)
     _check_report(feats)
     assert feats.output_names == [f"features.{i}" for i in range(4)]
-    # stage maps at strides 4/8/16/32 of the 72x104 check input, NCHW
+    # stage maps at strides 4/8/16/32 of the 73x121 check input, NCHW
+    assert feats.checks[-1].shape == (2, 3, 73, 121)
     assert [tuple(s) for s in feats.checks[-1].output_shapes] == [
-        (2, 32, 18, 26), (2, 64, 9, 13), (2, 128, 5, 7), (2, 256, 3, 4)]
+        (2, 32, 19, 31), (2, 64, 10, 16), (2, 128, 5, 8), (2, 256, 3, 4)]
 
 
 def test_export_static_fp16(tmp_path):

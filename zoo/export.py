@@ -19,18 +19,18 @@ What :func:`export_onnx` does:
    plus one ``<name>.onnx.data`` file next to it (the dynamo exporter's default of a separate data file is
    overridden);
 5. runs ``onnx.checker`` and then onnxruntime (CPU) on random inputs: two batch sizes when the batch is
-   dynamic, and a second input size that is not a multiple of 32 when H/W are dynamic; compares with
-   PyTorch (fp32) and fails with :class:`ExportError` beyond ``atol + rtol·|ref|``.
+   dynamic, and when H/W are dynamic sizes far from the export size (about 0.5x and 2x, and an odd,
+   non-square size: :func:`default_check_sizes`); compares with PyTorch (fp32) and fails with
+   :class:`ExportError` beyond ``atol + rtol·|ref|``.
 
 Regimes: a few blocks choose their structure from the map size the way the official code does (CrossFormer
-and Agent-Swin windows shrink to the whole map when the map is not larger than the group/window; NAT/DiNAT
-pad maps smaller than ``kernel·dilation``). Such a choice is made once, at the export size; the graph is right
-for every size that makes the same choice in every block (e.g. CrossFormer exported at 224 — stage-4 map 7 =
-group 7, global — is right while min(H, W) of the last stage stays <= 7 and stage 3 stays > 7; export at
->= 256 for a graph that is windowed in every stage and so serves all larger sizes). Padding, masks and crops
-are in the graph at every size. Only the verification at a second size catches a graph that silently isn't
-right (the known trap of the dynamo exporter with ``adaptive_avg_pool2d`` to a fixed size; the zoo pools
-agents with matrices instead), so pick ``check_sizes`` in the range you deploy.
+and Agent-Swin windows shrink to the whole map when the map is not larger than the group/window, and
+Swin drops its shift there; NAT/DiNAT pad maps smaller than ``kernel·dilation``). While tracing, these
+choices are written as arithmetic on the traced size (:mod:`zoo.ops.sizes`, :func:`zoo.ops.roll_map`), not
+as Python branches, so one graph makes the right choice at every input size; padding, masks and crops are
+in the graph at every size. The verification at far sizes is what shows it (and catches any graph that
+silently isn't right, e.g. the dynamo exporter's trap with ``adaptive_avg_pool2d`` to a fixed size; the zoo
+pools agents with matrices instead).
 """
 
 from __future__ import annotations
@@ -420,14 +420,29 @@ def _write_final(tmp: Path, path: Path) -> str | None:
 
 
 def default_check_sizes(h: int, w: int, min_size: int = 32, multiple: int = 1) -> list[tuple[int, int]]:
-    """The export size and a second size that is not a multiple of 32 (``h-24``, ``w+8``; larger if small).
+    """The sizes an export with dynamic H/W is verified at: the export size, about half of it, twice it and an
+    odd, non-square size in between (about ``0.75·h × 1.25·w``, both odd).
 
+    A block that picks its structure from the map size (windows that shrink to small maps, groups that
+    change) makes a different choice far from the export size, so the checks must reach there: sizes near
+    the export size alone cannot see a graph that baked the example's choice. Sizes stay >= ``min_size``.
     ``multiple > 1``: the model only takes sizes divisible by it (e.g. smp segmentation models, whose input
-    must be a multiple of the encoder's output stride): the second size is ``(h + m, w + 2m)`` instead."""
+    must be a multiple of the encoder's output stride): every size is rounded to a multiple instead (the
+    odd one becomes ``(h + m, w + 2m)``)."""
+    lo = max(min_size, 1)
     if multiple > 1:
-        return [(h, w), (h + multiple, w + 2 * multiple)]
-    h2 = h - 24 if h - 24 >= max(min_size, 32) else h + 8
-    return [(h, w), (h2, w + 8)]
+        def mult(v: int) -> int:
+            return max(multiple, -(-max(v, lo) // multiple) * multiple)
+
+        sizes = [(h, w), (mult(h // 2), mult(w // 2)), (2 * h, 2 * w), (h + multiple, w + 2 * multiple)]
+    else:
+        def odd(v: int) -> int:
+            v = max(v, lo)
+            return v if v % 2 else v + 1
+
+        half = (max(h // 2, lo), max(w // 2, lo))
+        sizes = [(h, w), half, (2 * h, 2 * w), (odd(round(0.75 * h)), odd(round(1.25 * w)))]
+    return list(dict.fromkeys(sizes))  # unique, in order
 
 
 def required_input_multiple(module: nn.Module) -> int:

@@ -50,8 +50,10 @@ class PartitionAttention(nn.Module):
             softmax (True), or let them take part as zeros (False, what official Swin does).
         interval: spacing of a group's pixels for ``partition="dilated"`` (ignored otherwise).
 
-    ``forward(x, partition=None, size=None)`` may override the partition for one call (e.g. CrossFormer
-    falls back to ``("window", min(H, W))`` when the map is not larger than its group size).
+    ``forward(x, partition=None, size=None, interval=None)`` may override the partition for one call (e.g.
+    CrossFormer falls back to ``("window", min(H, W))`` when the map is not larger than its group size); the
+    overrides may be traced sizes (:mod:`zoo.ops.sizes`), so such a choice can stay a function of the input
+    in an exported graph.
     """
 
     def __init__(
@@ -100,16 +102,17 @@ class PartitionAttention(nn.Module):
     def pos_bias(self) -> nn.Module | None:
         return getattr(self, self.pos_bias_name, None)
 
-    def _region(self, size: tuple[int, int]) -> tuple[int, int]:
-        return (size[0] * self.interval[0], size[1] * self.interval[1])
+    @staticmethod
+    def _region(size: tuple[int, int], interval: tuple[int, int]) -> tuple[int, int]:
+        return (size[0] * interval[0], size[1] * interval[1])
 
-    def _multiple(self, partition: str, size: tuple[int, int]) -> tuple[int, int]:
+    def _multiple(self, partition: str, size: tuple[int, int], interval: tuple[int, int]) -> tuple[int, int]:
         if partition == "global":
             return (1, 1)
-        return self._region(size) if partition == "dilated" else size
+        return self._region(size, interval) if partition == "dilated" else size
 
     def _split(
-        self, x: torch.Tensor, partition: str, size: tuple[int, int]
+        self, x: torch.Tensor, partition: str, size: tuple[int, int], interval: tuple[int, int]
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """``[B, Hp, Wp, C]`` → groups ``[B·nG, N, C]`` and the group shape."""
         Hp, Wp = x.shape[1], x.shape[2]
@@ -121,33 +124,40 @@ class PartitionAttention(nn.Module):
             group = (Hp // size[0], Wp // size[1])
             return ops.grid_partition(x, group), group
         if partition == "dilated":  # regions of size·interval, then a size-grid (stride interval) in each
-            R = self._region(size)
+            R = self._region(size, interval)
             regions = ops.window_partition(x, R).view(-1, R[0], R[1], x.shape[3])
             return ops.grid_partition(regions, size), size
         return x.reshape(x.shape[0], Hp * Wp, x.shape[3]), (Hp, Wp)
 
     def _join(
-        self, groups: torch.Tensor, group: tuple[int, int], hw: tuple[int, int], partition: str
+        self, groups: torch.Tensor, group: tuple[int, int], hw: tuple[int, int], partition: str,
+        interval: tuple[int, int],
     ) -> torch.Tensor:
         if partition == "window":
             return ops.window_merge(groups, group, hw)
         if partition == "global":
             return groups.reshape(-1, hw[0], hw[1], groups.shape[-1])
         if partition == "dilated":
-            R = self._region(group)
+            R = self._region(group, interval)
             regions = ops.grid_merge(groups, group, R)
             return ops.window_merge(regions.reshape(-1, R[0] * R[1], groups.shape[-1]), R, hw)
         return ops.grid_merge(groups, group, hw)
 
-    def _dilated_pad_mask(self, hw: tuple[int, int], pad: tuple[int, int], size: tuple[int, int], device):
+    def _dilated_pad_mask(
+        self, hw: tuple[int, int], pad: tuple[int, int], size: tuple[int, int], interval: tuple[int, int], device
+    ):
         """Additive key mask ``[nG, N, N]`` (0 real, -1e4 padded) for ``partition="dilated"``."""
         valid = ops.valid_map(hw, pad, device)
-        keep = self._split(valid, "dilated", size)[0][..., 0] > 0  # [nG, N]
+        keep = self._split(valid, "dilated", size, interval)[0][..., 0] > 0  # [nG, N]
         mask = torch.zeros(keep.shape, device=device).masked_fill(~keep, -1e4)
         return mask[:, None, :].expand(-1, keep.shape[1], -1)
 
     def forward(
-        self, x: torch.Tensor, partition: str | None = None, size: int | tuple[int, int] | None = None
+        self,
+        x: torch.Tensor,
+        partition: str | None = None,
+        size: int | tuple[int, int] | None = None,
+        interval: int | tuple[int, int] | None = None,
     ) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"PartitionAttention expects [B, H, W, C], got shape {tuple(x.shape)}")
@@ -156,10 +166,11 @@ class PartitionAttention(nn.Module):
         else:
             _check_partition(partition)
         size = self.size if size is None else _pair(size)
+        interval = self.interval if interval is None else _pair(interval)
         B, H, W, C = x.shape
-        x, pad = ops.pad_to_multiple(x, self._multiple(partition, size))
+        x, pad = ops.pad_to_multiple(x, self._multiple(partition, size, interval))
         Hp, Wp = x.shape[1], x.shape[2]
-        groups, group = self._split(x, partition, size)
+        groups, group = self._split(x, partition, size, interval)
         Bg, N, _ = groups.shape
         qkv = linear_act(self.qkv, groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -169,7 +180,7 @@ class PartitionAttention(nn.Module):
         padded = ops.is_tracing() or pad[0] or pad[1]  # tracing: always the padded path (dynamic H/W)
         if self.mask_padding and padded:
             if partition == "dilated":
-                mask = self._dilated_pad_mask((Hp, Wp), pad, size, x.device).to(q.dtype)  # [nG, N, N]
+                mask = self._dilated_pad_mask((Hp, Wp), pad, size, interval, x.device).to(q.dtype)  # [nG, N, N]
             else:
                 mode = "window" if partition == "window" else "grid"
                 mask = ops.pad_mask((Hp, Wp), pad, group, mode, device=x.device).to(q.dtype)
@@ -178,5 +189,5 @@ class PartitionAttention(nn.Module):
         out = ops.attention(q, k, v, bias, scale=self.scale)  # [Bg, heads, N, d]
         out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
         out = self.proj_drop(linear_act(self.proj, out))
-        out = self._join(out, group, (Hp, Wp), partition)
+        out = self._join(out, group, (Hp, Wp), partition, interval)
         return out[:, :H, :W].contiguous() if padded else out

@@ -27,12 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
+
 _LAYOUTS = ("tf", "swin")
 _MODES = ("geometric", "bicubic")
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
+    # ints are normalised (numpy ints, bools); traced sizes (SymInt, 0-d tensors) are kept, never int()-ed
+    h, w = ops.sizes.pair(x)
+    return tuple(v if ops.is_traced(v) else int(v) for v in (h, w))
 
 
 def relative_position_index(window: int | tuple[int, int], layout: str = "swin", device=None) -> torch.Tensor:
@@ -106,12 +110,18 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _resize_grid(grid: torch.Tensor, dst: tuple[int, int], mode: str) -> torch.Tensor:
     """``[heads, Sh, Sw] -> [heads, Dh, Dw]`` (Sh, Dh = 2·window - 1)."""
-    if tuple(grid.shape[-2:]) == tuple(dst):
+    if not ops.is_traced(*dst) and tuple(grid.shape[-2:]) == tuple(dst):
         return grid
-    if mode == "bicubic":
+    if mode == "bicubic":  # the identity at the same size, so a traced size may keep it (graph stays dynamic)
         return F.interpolate(grid.unsqueeze(0), size=dst, mode="bicubic", align_corners=False).squeeze(0)
     if mode != "geometric":
         raise ValueError(f"resize mode must be one of {_MODES}, got {mode!r}")
+    if ops.is_traced(*dst):
+        raise NotImplementedError(
+            "RelPosBias: the geometric table resize is computed in Python from the window size, so it cannot "
+            "follow a window size that changes with the input of an exported graph; export with static H/W "
+            "(tools/export.py --static-size) or use resize_mode='bicubic'"
+        )
     ct = _compute_dtype(grid.dtype)
     g = grid.to(ct)
     dev = grid.device
@@ -248,7 +258,7 @@ class RelPosBias(nn.Module):
             raise ValueError(f"RelPosBias: group shape must be positive, got {(gh, gw)}")
         n = gh * gw
         table = self.relative_position_bias_table
-        if (gh, gw) == self.window_size:
+        if not ops.is_traced(gh, gw) and (gh, gw) == self.window_size:  # a traced size may change: resize
             index = self.relative_position_index
             if self.layout == "swin":  # exactly Swin's gather
                 return table[index.reshape(-1)].reshape(n, n, self.num_heads).permute(2, 0, 1).contiguous()

@@ -113,30 +113,37 @@ class ShiftedWindowAttention(PartitionAttention):
         if x.dim() != 4:
             raise ValueError(f"ShiftedWindowAttention expects [B, H, W, C], got shape {tuple(x.shape)}")
         B, H, W, C = x.shape
-        ws = self.window_size
-        small = min(H, W) <= ws
-        if small:
-            ws = min(H, W)
-        shift = ws // 2 if (self.shift and not small) else 0
+        tracing = ops.is_tracing()
+        if tracing:  # the eager choice below as arithmetic on the traced size (the graph keeps it dynamic)
+            small = ops.size_min(H, W)
+            ws = ops.size_min(small, self.window_size)
+            shift = (self.window_size // 2) * ops.greater(small, self.window_size) if self.shift else 0
+        else:
+            ws = self.window_size
+            small = min(H, W) <= ws
+            if small:
+                ws = min(H, W)
+            shift = ws // 2 if (self.shift and not small) else 0
+        shifted = self.shift if tracing else bool(shift)
         x, pad = ops.pad_to_multiple(x, ws)
-        padded = ops.is_tracing() or pad[0] or pad[1]  # tracing: always the padded path (dynamic H/W)
+        padded = tracing or pad[0] or pad[1]  # tracing: always the padded path (dynamic H/W)
         Hp, Wp = x.shape[1], x.shape[2]
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        if shifted:
+            x = ops.roll_map(x, -shift)
         groups = ops.window_partition(x, ws)  # [B·nW, N, C]
         Bg, N, _ = groups.shape
         qkv = linear_act(self.qkv, groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = self.rel_pos((ws, ws)).unsqueeze(0)  # [1, heads, N, N]
-        if shift:
+        if shifted:  # (a shift of 0 while tracing gives an all-zero mask: one region per window)
             mask = self.shift_mask((Hp, Wp), ws, shift, x.device).to(q.dtype)  # [nW, N, N]
             bias = (bias + mask.unsqueeze(1)).repeat(B, 1, 1, 1)  # [B·nW, heads, N, N]
         out = ops.attention(q, k, v, bias, scale=self.scale)
         out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
         out = self.proj_drop(linear_act(self.proj, out))
         out = ops.window_merge(out, (ws, ws), (Hp, Wp))
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+        if shifted:
+            out = ops.roll_map(out, shift)
         return out[:, :H, :W].contiguous() if padded else out
 
     def extra_repr(self) -> str:

@@ -35,6 +35,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from .. import ops
 from ..layers import Block, CrossScaleEmbedding, DynamicPosBias, PartitionAttention
 from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
 from ._convert import check_fits, guess_family, map_keys, unwrap_state_dict
@@ -102,10 +103,26 @@ class CrossFormerAttention(PartitionAttention):
         self, x: torch.Tensor, partition: str | None = None, size: int | tuple[int, int] | None = None
     ) -> torch.Tensor:
         if partition is None and size is None and x.dim() == 4:
-            small = min(x.shape[1], x.shape[2])
+            small = ops.size_min(x.shape[1], x.shape[2])
+            if ops.is_tracing():
+                return self._forward_traced(x, small)
             if small <= self.group_size:
                 return super().forward(x, partition="window", size=small)
         return super().forward(x, partition, size)
+
+    def _forward_traced(self, x: torch.Tensor, small) -> torch.Tensor:
+        """The eager choice written as arithmetic on the (traced) map size, so an exported graph keeps it.
+
+        Groups of ``g = min(H, W, G)``; SDA: windows of ``g``; LDA: ``dilated`` groups of ``g`` spaced
+        ``i = I if min(H, W) > G else 1`` apart (interval 1 is exactly windows of ``g``). For a map larger
+        than the group this is the regular SDA/LDA, for a smaller one the official window of ``min(H, W)``.
+        """
+        g = ops.size_min(small, self.group_size)
+        if not self.long_distance:
+            return super().forward(x, partition="window", size=g)
+        big = ops.greater(small, self.group_size)  # 1 when the map is larger than the group, else 0
+        interval = (1 + (self.interval[0] - 1) * big, 1 + (self.interval[1] - 1) * big)
+        return super().forward(x, partition="dilated", size=g, interval=interval)
 
     def extra_repr(self) -> str:
         kind = f"LDA, interval={self.interval[0]}" if self.long_distance else "SDA"

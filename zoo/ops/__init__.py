@@ -17,11 +17,13 @@ from .partition import (
     grid_partition,
     pad_mask,
     pad_to_multiple,
+    roll_map,
     valid_map,
     window_merge,
     window_partition,
 )
 from .routed import routed_attention, routing_indices
+from .sizes import greater, is_traced, size_max, size_min
 
 __all__ = [
     "BACKENDS",
@@ -42,4 +44,5 @@ __all__ += ["adaptive_avg_pool2d_matmul", "agent_attention"]
 __all__ += ["routed_attention", "routing_indices"]
 __all__ += ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
 __all__ += ["is_tracing", "valid_map"]
+__all__ += ["greater", "is_traced", "roll_map", "size_max", "size_min"]
 __all__ += ["ACTIVATIONS", "BatchNormStats", "conv2d", "fold_batchnorm", "linear"]

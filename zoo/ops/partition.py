@@ -49,6 +49,21 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int]) -> tuple[t
     return x, (pad_h, pad_w)
 
 
+def roll_map(x: torch.Tensor, shift) -> torch.Tensor:
+    """``torch.roll(x, (shift, shift), dims=(1, 2))`` of a map ``[B, H, W, C]`` for a shift that may be traced.
+
+    Eager calls ``torch.roll``. While tracing for export, ``shift`` may be a function of the input size
+    (Swin drops the shift on maps not larger than the window), which ``torch.roll`` would bake as a
+    constant: the roll is then a gather with indices ``(i - shift) mod n``, which stays dynamic.
+    """
+    if not is_tracing():
+        return torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    H, W = x.shape[1], x.shape[2]
+    rows = (torch.arange(H, device=x.device) - shift) % H
+    cols = (torch.arange(W, device=x.device) - shift) % W
+    return x.index_select(1, rows).index_select(2, cols)
+
+
 def window_partition(x: torch.Tensor, window: int | tuple[int, int]) -> torch.Tensor:
     """``[B, H, W, C]`` → ``[B·(H/P)·(W/P), P·P, C]``, windows of contiguous pixels, row-major."""
     ph, pw = _pair(window)
