@@ -25,10 +25,12 @@ def dist_info() -> tuple[int, int]:
 
 class ResumableSampler(Sampler[int]):
     """Epoch-seeded permutation (or order), padded to a multiple of ``world_size`` and strided by rank so the
-    ranks see disjoint samples; ``skip`` leading indices of the current epoch (set on resume)."""
+    ranks see disjoint samples; ``skip`` leading indices of the current epoch (set on resume). With
+    ``with_seeds`` it yields ``(index, derived_seed(seed, epoch, index))`` for a ``recipes.common.SeededItems``
+    dataset: each sample's augmentation then depends on the epoch and the sample only."""
 
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0) -> None:
-        self.n, self.shuffle, self.seed = int(n), bool(shuffle), int(seed)
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, with_seeds: bool = False) -> None:
+        self.n, self.shuffle, self.seed, self.with_seeds = int(n), bool(shuffle), int(seed), bool(with_seeds)
         self.epoch = 0
         self.skip = 0
 
@@ -52,6 +54,10 @@ class ResumableSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         idx = self._indices()
         skip, self.skip = self.skip, 0
+        if self.with_seeds:
+            from recipes.common import derived_seed
+
+            return iter([(i, derived_seed(self.seed, self.epoch, i)) for i in idx[skip:]])
         return iter(idx[skip:])
 
     def __len__(self) -> int:
@@ -71,12 +77,17 @@ class ResumableDataLoader(DataLoader):
     """DataLoader over a ``ResumableSampler`` with ``state_dict``/``load_state_dict`` (epoch + batches done).
 
     ``progress`` returns how many batches of the current epoch were trained on (the datamodule passes the
-    trainer's batch progress: Lightning prefetches one batch, so the loader's own count would be one ahead)."""
+    trainer's batch progress: Lightning prefetches one batch, so the loader's own count would be one ahead).
+    The dataset is wrapped in ``recipes.common.SeededItems`` and the sampler yields per-sample seeds, so random
+    augmentation is the same for any number of workers and after a mid-epoch resume."""
 
-    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, dataset: Any, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        from recipes.common import SeededItems
+
+        super().__init__(SeededItems(dataset), *args, **kwargs)
         if not isinstance(self.sampler, ResumableSampler):
             raise TypeError("ResumableDataLoader needs sampler=ResumableSampler(...)")
+        self.sampler.with_seeds = True
         self.progress = progress
         self._yielded = 0
 

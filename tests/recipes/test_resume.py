@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -144,3 +145,71 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, kind):
     resumed = [b for b in run_b if int(b[1]) > killed_at][-(total - killed_at):]
     assert [b[1] for b in resumed] == [str(s) for s in range(killed_at + 1, total + 1)]
     assert [b[2] for b in resumed] == [b[2] for b in ref_b[killed_at:]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# exact resume, in-process: random augmentation (flip, crop scale), stochastic depth, 0 and 2 workers
+
+
+class _Killed(Exception):
+    pass
+
+
+class _Record(pl.Callback):
+    """Per optimizer step: the training loss and the sum of the augmented batch; raises ``_Killed`` at the start
+    of step ``stop_at + 1`` (after the step-``stop_at`` checkpoint was written), like a SIGKILL there."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.stop_at, self.loss, self.inputs = stop_at, {}, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.stop_at:
+            raise _Killed
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.loss[trainer.global_step] = float(outputs["loss"])
+        self.inputs[trainer.global_step] = float(batch[0].double().sum())
+
+
+def _fit_inprocess(root: Path, workers: int, stop_at: int | None = None, resume: bool = False):
+    from recipes.checkpoint import resume_checkpoint
+    from recipes.classification import ClassificationModule
+    from recipes.common import AtomicCheckpointIO, default_callbacks
+    from recipes.data import NpzData
+
+    pl.seed_everything(0, verbose=False)  # what a new process does
+    dm = NpzData(num_classes=10, img_size=32, batch_size=16, eval_batch_size=64, num_workers=workers, train_limit=64,
+                 scale=(0.3, 1.0), hflip=0.5)
+    module = ClassificationModule("test_resnet", num_classes=10, img_size=32, lr=3e-3, drop_path_rate=0.3)
+    rec = _Record(stop_at)
+    cbs = default_callbacks(root, every_n_train_steps=EVERY, monitor="val/acc1", mode="max", progress_bar=False,
+                            lr_monitor=False)
+    trainer = pl.Trainer(default_root_dir=root, max_epochs=2, limit_val_batches=1, callbacks=[rec, *cbs],
+                         logger=False, plugins=[AtomicCheckpointIO()], enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False, accelerator="cpu")
+    ckpt = str(resume_checkpoint(root / "checkpoints")) if resume else None
+    if stop_at is None:
+        trainer.fit(module, dm, ckpt_path=ckpt)
+    else:
+        with pytest.raises(_Killed):
+            trainer.fit(module, dm, ckpt_path=ckpt)
+    return rec, module.model.state_dict()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, workers):
+    """The losses and inputs of every step after the interruption (mid-epoch 0, then across the epoch boundary)
+    and the final weights equal the uninterrupted run's: model, optimizer, schedule, sample order, augmentation
+    (per-sample seeds) and stochastic depth (per-step seeds) all continue where they were."""
+    torch.set_num_threads(1)
+    ref, ref_w = _fit_inprocess(tmp_path / "ref", workers)
+    assert sorted(ref.loss) == list(range(1, 9))
+    killed, _ = _fit_inprocess(tmp_path / "run", workers, stop_at=EVERY)
+    assert sorted(killed.loss) == [1, 2, 3]
+    assert killed.loss == {k: ref.loss[k] for k in (1, 2, 3)}  # same run up to the kill
+    resumed, res_w = _fit_inprocess(tmp_path / "run", workers, resume=True)
+    assert sorted(resumed.loss) == list(range(EVERY + 1, 9))
+    assert resumed.inputs == {k: ref.inputs[k] for k in resumed.inputs}  # same augmented batches
+    assert resumed.loss == {k: ref.loss[k] for k in resumed.loss}
+    for k, v in ref_w.items():
+        assert torch.equal(res_w[k], v), k
