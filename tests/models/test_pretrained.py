@@ -130,3 +130,60 @@ def test_manifest_entries_are_well_formed():
         module, _, fn = entry["converter"].partition(":")
         assert callable(getattr(sys.modules[module], fn)), entry["converter"]
         assert entry["top1"] is None or 60 < entry["top1"] < 95, entry["name"]
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """No cached weights anywhere: timm's download cache in a fresh TORCH_HOME, no Hugging Face hub file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(_pretrained, "_hf_cached", lambda repo_id: None)
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("nat_mini.official_in1k", "https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth"),
+        ("maxvit_tiny.tf_in1k", "https://huggingface.co/timm/maxvit_tiny_tf_224.in1k"),
+    ],
+)
+@pytest.mark.parametrize("offline", ["env", "unreachable"])
+def test_offline_pretrained_fails_fast_naming_tag_url_and_local_route(name, url, offline, empty_caches, monkeypatch):
+    """HF_HUB_OFFLINE set, or a host that does not answer (mocked: no test touches the network): one clear
+    error within seconds, before timm's download (a bare URLError) or the hub client's retries start."""
+    import time
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr("timm.models._hub.download_cached_file", no_download)
+    monkeypatch.setattr("timm.models._builder.load_state_dict_from_hf", no_download)
+    if offline == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(_pretrained, "_reachable", no_download)
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("ZOO_OFFLINE", raising=False)
+        monkeypatch.setattr(_pretrained, "_reachable", lambda host: "gaierror: no network")
+        reason = "is not reachable (gaierror: no network)"
+    start = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        timm.create_model(name, pretrained=True)
+    assert time.monotonic() - start < 5
+    text = str(info.value)
+    arch = name.split(".")[0]
+    for part in (name, url, reason, "pretrained_cfg_overlay=dict(file=", f"tools/convert.py <path> --model {arch}"):
+        assert part in text, part
+
+
+def test_network_probe_is_bounded_by_its_timeout(monkeypatch):
+    """A resolver or connect that hangs costs the probe's timeout, not the system's (minutes)."""
+    import socket
+    import time
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **kw: time.sleep(30))
+    start = time.monotonic()
+    assert _pretrained._reachable("example.invalid", timeout=0.3) == "no answer within 0.3 s"
+    assert time.monotonic() - start < 2
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **kw: (_ for _ in ()).throw(OSError("down")))
+    assert _pretrained._reachable("example.invalid", timeout=0.3) == "OSError: down"

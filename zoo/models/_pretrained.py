@@ -154,12 +154,85 @@ def _fetch(cfg: dict[str, Any], entry: dict[str, Any] | None) -> tuple[Path, boo
             f"the official weights of {name} are hosted at {url}, which has no direct download link; download "
             f"the file by hand and pass pretrained_cfg_overlay=dict(file='<path>') (the converter runs on it)"
         )
-    from timm.models._hub import download_cached_file
+    from timm.models._hub import download_cached_file, get_cache_dir
 
     # Cache under the manifest's file name (or <model>.<tag>.pth): several hosts end every URL alike
     # (OneDrive '.../root/content', Tsinghua '.../?dl=1'), which would make different weights share one file.
     filename = (entry or {}).get("file") or f"{name}.pth"
+    if not (Path(get_cache_dir()) / filename).is_file():
+        _require_network(cfg, url, Path(get_cache_dir()) / filename)
     return Path(download_cached_file((url, filename), check_hash=False, progress=True)), True
+
+
+_OFFLINE_ENV = ("HF_HUB_OFFLINE", "ZOO_OFFLINE")
+_PROBE_TIMEOUT_S = 3.0
+
+
+def _env_offline() -> str | None:
+    """The name of the set offline switch (``HF_HUB_OFFLINE=1``, ``ZOO_OFFLINE=1``), or None."""
+    for var in _OFFLINE_ENV:
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return var
+    return None
+
+
+def _reachable(host: str, port: int = 443, timeout: float = _PROBE_TIMEOUT_S) -> str | None:
+    """None when a TCP connection to ``host:port`` opens within ``timeout`` s, else why not. Name lookup
+    and connect run in a daemon thread, so a resolver that hangs cannot hold the caller longer either."""
+    import socket
+    import threading
+
+    result: list[str | None] = [f"no answer within {timeout:g} s"]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result[0] = None
+        except OSError as err:
+            result[0] = f"{type(err).__name__}: {err}"
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0]
+
+
+def _require_network(cfg: dict[str, Any], url: str, cache: Path | str) -> None:
+    """Fail fast, before any download attempt, when the weights are not cached and the network is off
+    (``HF_HUB_OFFLINE``/``ZOO_OFFLINE``) or the host does not answer within a few seconds — instead of a bare
+    URLError or a minute of retries. The message names the tag, the URL and the local route."""
+    from urllib.parse import urlparse
+
+    why = _env_offline()
+    if why:
+        why = f"{why} is set"
+    else:
+        host = urlparse(url).hostname or ""
+        failed = _reachable(host) if host else "the URL has no host"
+        why = f"{host or url} is not reachable ({failed})" if failed else None
+    if why is None:
+        return
+    arch = cfg.get("architecture")
+    raise ConnectionError(
+        f"pretrained=True for {arch}.{cfg.get('tag')} needs {url}, which is not in the cache ({cache}), but "
+        f"{why}. Without network: fetch the official file elsewhere and pass it, "
+        f"timm.create_model('{arch}', pretrained=True, pretrained_cfg_overlay=dict(file='<path>')) (converted on "
+        f"load), or convert it once, python tools/convert.py <path> --model {arch} --out {arch}.safetensors, and "
+        f"pass the .safetensors file the same way."
+    )
+
+
+def _hf_cached(repo_id: str) -> str | None:
+    """The cached weights file of a Hugging Face hub repo (timm's file names), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def _convert_or_pass(checkpoint: dict, model: nn.Module | None, converter: Callable | None) -> dict:
@@ -199,6 +272,9 @@ def build_zoo_model(
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=base, pretrained_cfg_overlay=overlay)
         cfg = cfg.to_dict()
         has_file_or_url = cfg.get("file") or (cfg.get("url") and not cfg.get("hf_hub_id"))
+        hub_id = cfg.get("hf_hub_id")
+        if not cfg.get("state_dict") and not cfg.get("file") and hub_id and not _hf_cached(hub_id):
+            _require_network(cfg, f"https://huggingface.co/{hub_id}", f"the Hugging Face hub cache of {hub_id}")
         if not cfg.get("state_dict") and has_file_or_url:
             entry = manifest_entry(cfg.get("architecture"), cfg.get("tag"))
             path, downloaded = _fetch(cfg, entry)
