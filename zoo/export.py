@@ -165,9 +165,13 @@ def resolve_model_name(name: str) -> str:
     raise ValueError(f"unknown model {name!r}{hint} (zoo models: zoo.list_models(); any timm name works too)")
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike, model: str | None = None) -> dict[str, torch.Tensor]:
     """A zoo checkpoint as a state dict: ``.safetensors``, or ``torch.load(weights_only=True)`` of
-    ``.pth/.pt/.bin``, unwrapped from ``{"state_dict": ...}`` / ``{"model": ...}``."""
+    ``.pth/.pt/.bin``, unwrapped from ``{"state_dict": ...}`` / ``{"model": ...}``. With ``model`` (a model
+    name), a file whose zoo metadata names another model, or an official release file of another model, is
+    refused (:func:`zoo.models._pretrained.check_weights_metadata`)."""
+    from .models._pretrained import check_official_file_name, check_weights_metadata, file_metadata
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
@@ -185,6 +189,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"cannot read checkpoint {str(path)!r} as a state dict: {e}") from e
+    if model is not None:
+        check_official_file_name(path, model)
+        check_weights_metadata(file_metadata(path, sd), model, source=str(path))
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -243,7 +250,7 @@ def build_model(
     kw = dict(model_kwargs or {})
     if num_classes is not None:
         kw["num_classes"] = num_classes
-    sd = load_state_dict_file(checkpoint) if checkpoint is not None else None
+    sd = load_state_dict_file(checkpoint, model=name) if checkpoint is not None else None
     model = timm.create_model(name, pretrained=pretrained, **kw)
     if sd is not None:
         n = _classes_in(sd, model)

@@ -187,3 +187,54 @@ def test_network_probe_is_bounded_by_its_timeout(monkeypatch):
     assert time.monotonic() - start < 2
     monkeypatch.setattr(socket, "create_connection", lambda *a, **kw: (_ for _ in ()).throw(OSError("down")))
     assert _pretrained._reachable("example.invalid", timeout=0.3) == "OSError: down"
+
+
+@pytest.fixture(scope="module")
+def dinat_nano_weights():
+    """A DiNAT-nano state dict and its zoo metadata: the same keys and shapes as NAT-nano's."""
+    model = timm.create_model("dinat_nano", num_classes=10)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    assert set(sd) == set(timm.create_model("nat_nano", num_classes=10).state_dict())
+    return sd, _pretrained.weights_metadata(model, "dinat_nano")
+
+
+def test_dinat_safetensors_file_into_nat_is_refused(dinat_nano_weights, tmp_path):
+    from safetensors.torch import save_file
+
+    sd, meta = dinat_nano_weights
+    path = tmp_path / "weights.safetensors"
+    save_file(sd, str(path), metadata=meta)
+    overlay = dict(file=str(path))
+    with pytest.raises(ValueError, match=r"weights of dinat_nano .*not nat_nano .*dilations: file \[1, 8\] vs model"):
+        timm.create_model("nat_nano", pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
+    model = timm.create_model("dinat_nano", pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}  # timm resets a new head
+    torch.testing.assert_close(body, {k: sd[k] for k in body})
+    # metadata naming the right model but other structure (dilations the keys do not show) is refused too
+    nat = timm.create_model("nat_nano", num_classes=10)
+    with pytest.raises(ValueError, match="other settings than this model .*dilations: file"):
+        _pretrained.check_weights_metadata({**meta, "model": "nat_nano"}, "nat_nano", nat)
+
+
+def test_dinat_state_dict_with_metadata_into_nat_is_refused(dinat_nano_weights, tmp_path):
+    """A torch checkpoint carries the metadata under "zoo_metadata": refused by the pretrained loader and by
+    zoo.export.load_state_dict_file, loaded by the right model."""
+    from zoo.export import build_model, load_state_dict_file
+
+    sd, meta = dinat_nano_weights
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": sd, "zoo_metadata": meta}, path)
+    with pytest.raises(ValueError, match="weights of dinat_nano .*not nat_nano"):
+        timm.create_model("nat_nano", pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(path)))
+    with pytest.raises(ValueError, match="weights of dinat_nano .*not nat_nano"):
+        load_state_dict_file(path, model="nat_nano")
+    with pytest.raises(ValueError, match="weights of dinat_nano .*not nat_nano"):
+        build_model("nat_nano", checkpoint=path)
+    assert set(load_state_dict_file(path, model="dinat_nano")) == set(sd)
+
+
+def test_official_file_of_another_model_is_refused_by_its_manifest_name(tmp_path):
+    path = tmp_path / "dinat_mini_in1k_224.pth"  # the DiNAT-Mini release file name (weights/manifest.json)
+    torch.save({"model": {}}, path)
+    with pytest.raises(ValueError, match="official release file of dinat_mini .*not of nat_mini"):
+        timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))

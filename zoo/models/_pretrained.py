@@ -28,11 +28,16 @@ from torch import nn
 __all__ = [
     "MANIFEST_PATH",
     "allow_pickle",
+    "architecture_facts",
     "build_zoo_model",
+    "check_official_file_name",
+    "check_weights_metadata",
+    "file_metadata",
     "load_manifest",
     "manifest_entry",
     "read_checkpoint",
     "sha256_file",
+    "weights_metadata",
 ]
 
 MANIFEST_PATH = Path(__file__).resolve().parents[2] / "weights" / "manifest.json"
@@ -235,6 +240,102 @@ def _hf_cached(repo_id: str) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------------------- which model a file is for
+_TRAINING_ONLY = ("drop", "no_weight_decay", "min_input_size")  # config entries that do not change the weights
+
+
+def architecture_facts(model: nn.Module) -> dict[str, Any]:
+    """The structure of ``model`` that its state dict keys and shapes do not show, flat ``{path: value}``:
+    for a :class:`~zoo.models.Backbone` every entry of its ``NetCfg`` (e.g. ``stages.0.block_kwargs.dilations``,
+    the one difference between NAT and DiNAT of a size) except training-only ones (drop rates); for other
+    models their class name."""
+    import dataclasses
+
+    cfg = getattr(model, "cfg", None)
+    if not dataclasses.is_dataclass(cfg):
+        return {"class": type(model).__name__}
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                walk(f"{prefix}.{i}", item)
+        elif not any(word in prefix.rsplit(".", 1)[-1] for word in _TRAINING_ONLY):
+            flat[prefix] = json.loads(json.dumps(value, default=str))  # tuples -> lists, as read back
+
+    walk("", dataclasses.asdict(cfg))
+    return flat
+
+
+def weights_metadata(model: nn.Module, model_name: str, **extra: str) -> dict[str, str]:
+    """What the zoo stores next to every weights file it writes (safetensors metadata; a torch checkpoint
+    keeps it under ``"zoo_metadata"``): the registered model name (without a pretrained tag) and its
+    :func:`architecture_facts` as JSON. :func:`check_weights_metadata` reads it back on load."""
+    return {
+        "format": "zoo",
+        "model": model_name.split(".")[0],
+        "architecture": json.dumps(architecture_facts(model), sort_keys=True),
+        **extra,
+    }
+
+
+def file_metadata(path: str | os.PathLike, checkpoint: Any = None) -> dict[str, str] | None:
+    """The zoo metadata of a weights file: a safetensors file's metadata, or a torch checkpoint's
+    ``"zoo_metadata"`` entry (pass the loaded ``checkpoint`` to avoid reading it twice); None if none."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or None
+    meta = checkpoint.get("zoo_metadata") if isinstance(checkpoint, dict) else None
+    return dict(meta) if isinstance(meta, dict) else None
+
+
+def check_weights_metadata(
+    meta: dict[str, str] | None, model_name: str, model: nn.Module | None = None, source: str = "the file"
+) -> None:
+    """Refuse weights written for another model: ``meta`` (from :func:`file_metadata`) names a different
+    model than ``model_name``, or (given ``model``) its architecture facts differ from the model's (e.g. DiNAT
+    dilations in a NAT model: same keys, same shapes, different logits). No metadata: nothing to check."""
+    if not meta or not meta.get("model"):
+        return
+    want, have = model_name.split(".")[0], meta["model"].split(".")[0]
+    diffs: list[str] = []
+    if model is not None and meta.get("architecture"):
+        theirs, ours = json.loads(meta["architecture"]), architecture_facts(model)
+        diffs = [f"{k}: file {theirs.get(k, '-')} vs model {ours.get(k, '-')}"
+                 for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if have == want and not diffs:
+        return
+    shown = "; ".join(diffs[:4]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 4 else "")
+    if have != want:
+        raise ValueError(
+            f"{source} holds weights of {have} (its metadata), not {want}"
+            + (f" (they differ in what the keys do not show: {shown})" if shown else "")
+            + f"; create timm.create_model('{have}') for it, or pass the {want} weights"
+        )
+    raise ValueError(
+        f"{source} holds weights of {have} built with other settings than this model ({shown}); create the "
+        "model with the file's settings"
+    )
+
+
+def check_official_file_name(path: str | os.PathLike, model_name: str) -> None:
+    """Refuse an official release file (known by its name in weights/manifest.json) given to another model,
+    e.g. ``dinat_mini_in1k_224.pth`` for ``nat_mini``. Names the manifest knows for several models pass."""
+    name, want = Path(path).name, model_name.split(".")[0]
+    owners = sorted({e["model"] for e in load_manifest().values() if e.get("file") == name})
+    if owners and want not in owners:
+        raise ValueError(
+            f"{name} is the official release file of {', '.join(owners)} (weights/manifest.json), not of {want}; "
+            f"create timm.create_model('{owners[0]}') for it (if the file really holds {want} weights, rename it)"
+        )
+
+
 def _convert_or_pass(checkpoint: dict, model: nn.Module | None, converter: Callable | None) -> dict:
     """A checkpoint already in the zoo layout (e.g. written by tools/convert.py) passes as is; anything else
     goes through the family's converter (which names every key it cannot map)."""
@@ -279,10 +380,13 @@ def build_zoo_model(
             entry = manifest_entry(cfg.get("architecture"), cfg.get("tag"))
             path, downloaded = _fetch(cfg, entry)
             _check_sha256(path, entry, downloaded)
+            check_official_file_name(path, variant)
             checkpoint = read_checkpoint(path)
+            meta = file_metadata(path, checkpoint)
             converter = filter_fn
 
             def filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict:  # noqa: F811
+                check_weights_metadata(meta, variant, model, source=str(path))
                 return _convert_or_pass(checkpoint, model, converter)
 
             overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
