@@ -163,7 +163,8 @@ def test_offline_pretrained_fails_fast_naming_tag_url_and_local_route(name, url,
         reason = "HF_HUB_OFFLINE is set"
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("ZOO_OFFLINE", raising=False)
+        for var in ("ZOO_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
         monkeypatch.setattr(_pretrained, "_reachable", lambda host: "gaierror: no network")
         reason = "is not reachable (gaierror: no network)"
     start = time.monotonic()

@@ -211,6 +211,8 @@ def _require_network(cfg: dict[str, Any], url: str, cache: Path | str) -> None:
     why = _env_offline()
     if why:
         why = f"{why} is set"
+    elif any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        why = None  # behind a proxy a direct probe says nothing: let the download try
     else:
         host = urlparse(url).hostname or ""
         failed = _reachable(host) if host else "the URL has no host"
