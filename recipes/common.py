@@ -13,8 +13,9 @@ Every task recipe (classification, detection, segmentation) builds on these piec
 - ``default_loggers(root_dir)``: CSV (appends on resume) + TensorBoard under ``<root_dir>/logs``.
 - ``AtomicCheckpointIO``: checkpoints are written to a temp file and renamed, so a kill never leaves a corrupt
   ``last.ckpt``.
-- ``SkipCounter``: a process-shared counter of skipped bad samples (works from DataLoader workers); a
-  datamodule exposes it as ``skip_counter`` and ``SkippedSamplesLogger`` logs it as ``data/skipped``.
+- ``SkipCounter``: skipped bad samples recorded once per sample with reasons, shared with DataLoader workers; a
+  datamodule exposes it as ``skip_counter``; ``SkippedSamplesLogger`` logs it as ``data/skipped`` and stops a
+  run (``DataSkipError``) that trains on nothing or skips more than the counter's ``max_fraction``.
 - ``RecipeCLI``: LightningCLI that adds all of the above unless the config sets its own.
 
 Layout of a run directory (``trainer.default_root_dir``)::
@@ -32,8 +33,9 @@ import errno
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
+import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from torch import nn
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointWriteError",
+    "DataSkipError",
     "FinalMetrics",
     "RecipeCLI",
     "RecipeModule",
@@ -73,6 +76,7 @@ __all__ = [
     "plot_curves",
     "read_csv_log",
     "seeded_rngs",
+    "skip_summary",
 ]
 
 log = logging.getLogger("recipes")
@@ -214,57 +218,240 @@ class RecipeModule(pl.LightningModule):
 # skipped bad samples
 
 
+class DataSkipError(RuntimeError):
+    """The run stops because of its data: an epoch trained on no sample, or more of a split was skipped (bad
+    files, lost shard samples) than the skip counter's ``max_fraction`` allows. The message gives the counts, the
+    reasons and the first files."""
+
+
+def _remove_if_owner(path: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 class SkipCounter:
-    """Counts skipped bad samples across DataLoader worker processes (a shared ``multiprocessing.Value``).
+    """Records skipped bad samples once per sample, with reasons, across DataLoader workers and epochs.
 
-    ``add(reason, detail)`` increments and logs one warning; ``value`` reads the total."""
+    ``add(reason, key, detail, n=1, split="train")`` records the sample ``key`` (its file, or shard URL + sample
+    key) of ``split`` once: adding it again (the next epoch, another worker) neither counts nor warns again, except with
+    a larger ``n`` (how many samples the record stands for, e.g. the samples lost to a truncated shard), which
+    replaces the old count. ``value`` is the number of skipped samples, ``summary()`` the counts by split and
+    reason with the first keys of each reason.
 
-    def __init__(self) -> None:
-        self._value = mp.get_context("fork" if os.name == "posix" else "spawn").Value("q", 0)
+    Records are appended as JSON lines to a private temp file (``path``): DataLoader workers, forked or spawned,
+    write to it without locks or queues, and every process reads the same records. The file is removed when
+    the counter that created it is garbage collected.
 
-    def add(self, reason: str, detail: str = "", n: int = 1) -> None:
-        with self._value.get_lock():
-            self._value.value += n
-            total = self._value.value
-        log.warning("skipped bad sample (%s): %s [skipped so far: %d]", reason, detail, total)
+    ``max_fraction`` (default 0.05) and ``set_total(split, n)``: ``check(split)`` raises :class:`DataSkipError`
+    when more than ``max_fraction`` of a split's samples were skipped (``SkippedSamplesLogger`` calls it during
+    training). A split named ``"<split>/<what>"`` (e.g. ``train/annotations``) is checked with ``<split>``.
+    """
+
+    def __init__(self, max_fraction: float = 0.05) -> None:
+        if not 0.0 <= float(max_fraction) <= 1.0:
+            raise ValueError(f"max_fraction must be within 0..1 (a fraction of a split), got {max_fraction}")
+        self.max_fraction = float(max_fraction)
+        self.totals: dict[str, int] = {}
+        fd, self.path = tempfile.mkstemp(prefix="recipes-skips-", suffix=".jsonl")
+        os.close(fd)
+        self._records: dict[str, dict[str, Any]] = {}
+        self._offset = 0
+        self._finalizer: Any = weakref.finalize(self, _remove_if_owner, self.path, os.getpid())
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_finalizer"] = None  # only the creating process removes the file
+        return state
+
+    def _sync(self) -> None:
+        """Read the records other processes appended since the last read (complete lines only)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            rec = json.loads(line)
+            ident = f"{rec['split']}\0{rec['key']}"
+            old = self._records.get(ident)
+            if old is None or rec["n"] > old["n"]:
+                self._records[ident] = rec
+        self._offset += end
+
+    def add(self, reason: str, key: str, detail: str = "", n: int = 1, split: str = "train") -> bool:
+        """Record ``key`` as skipped for ``reason``; True when it is new (then one warning is logged)."""
+        self._sync()
+        ident = f"{split}\0{key}"
+        old = self._records.get(ident)
+        if old is not None and old["n"] >= n:
+            return False
+        rec = {"key": str(key), "reason": reason, "detail": str(detail)[:500], "n": int(n), "split": split}
+        with open(self.path, "a", encoding="utf-8") as f:  # one short O_APPEND write: whole lines, any process
+            f.write(json.dumps(rec) + "\n")
+        self._records[ident] = rec
+        log.warning("skipped %d bad %s sample%s (%s): %s%s", n, split, "" if n == 1 else "s", reason, key,
+                    f": {detail}" if detail else "")
+        return True
+
+    def set_total(self, split: str, n: int) -> None:
+        """The number of samples in ``split`` (the base of ``check``'s fraction)."""
+        self.totals[split] = int(n)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record: ``{"key", "reason", "detail", "n", "split"}``, in the order they were first added."""
+        self._sync()
+        return list(self._records.values())
+
+    def skipped(self, split: str | None = None, exact: bool = False) -> int:
+        """Skipped samples of ``split`` (``"train"`` also sums ``"train/..."`` unless ``exact``), or of all
+        splits."""
+        return sum(r["n"] for r in self.records() if split is None or r["split"] == split
+                   or (not exact and r["split"].startswith(f"{split}/")))
 
     @property
     def value(self) -> int:
-        return int(self._value.value)
+        """Skipped samples, all splits."""
+        return self.skipped()
+
+    def summary(self, examples: int = 5, split: str | None = None) -> dict[str, Any]:
+        """``{"total", "by_split": {split: n}, "by_reason": {reason: n}, "examples": {reason: [key: detail,
+        ...]}, "totals": {split: size}}`` (of one ``split`` only, when given): what a run's summary prints and
+        ``metrics.json`` keeps."""
+        out: dict[str, Any] = {"total": 0, "by_split": {}, "by_reason": {}, "examples": {}, "totals": dict(self.totals)}
+        for r in self.records():
+            if split is not None and r["split"] != split:
+                continue
+            out["total"] += r["n"]
+            out["by_split"][r["split"]] = out["by_split"].get(r["split"], 0) + r["n"]
+            out["by_reason"][r["reason"]] = out["by_reason"].get(r["reason"], 0) + r["n"]
+            ex = out["examples"].setdefault(r["reason"], [])
+            if len(ex) < examples:
+                ex.append(f"{r['key']}: {r['detail']}" if r["detail"] else r["key"])
+        return out
+
+    def check(self, split: str, skipped: int | None = None) -> None:
+        """Raise :class:`DataSkipError` when ``split``'s skipped samples (``skipped``: a count summed over
+        ranks; default this process's), or those of one of its ``split/...`` parts, exceed ``max_fraction`` of
+        its total (``set_total``)."""
+        for name, total in self.totals.items():
+            if name.split("/")[0] != split or total <= 0:
+                continue
+            n = self.skipped(name, exact=True) if skipped is None or name != split else skipped
+            if n > self.max_fraction * total:
+                s = self.summary(examples=3, split=name)
+                reasons = "; ".join(f"{k}: {v}" for k, v in s["by_reason"].items())
+                first = "; ".join(e for ex in s["examples"].values() for e in ex)
+                raise DataSkipError(
+                    f"{n} of {total} {name} samples were skipped ({100 * n / total:.1f}%, more than the allowed "
+                    f"{100 * self.max_fraction:g}%). Reasons: {reasons}. First: {first}. Fix or remove these files "
+                    "(the full list is in the warnings and metrics.json), or allow more with the data module's "
+                    "max_skip_fraction"
+                )
 
     def reset(self) -> None:
-        with self._value.get_lock():
-            self._value.value = 0
+        """Forget every record (truncates the shared file)."""
+        open(self.path, "w").close()
+        self._records, self._offset = {}, 0
 
 
 def _skip_counters(trainer: pl.Trainer) -> list[SkipCounter]:
     found = []
     for owner in (trainer.datamodule, trainer.lightning_module):
         c = getattr(owner, "skip_counter", None)
-        if isinstance(c, SkipCounter):
+        if isinstance(c, SkipCounter) and all(c is not f for f in found):
             found.append(c)
     return found
 
 
-class SkippedSamplesLogger(Callback):
-    """Logs ``data/skipped`` (bad samples skipped so far, summed over ranks) at the end of every train and
-    validation epoch, from ``datamodule.skip_counter`` (or the module's)."""
+def skip_summary(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The skip counters' summaries merged (``SkipCounter.summary``), or None when the run has no counter."""
+    counters = _skip_counters(trainer)
+    if not counters:
+        return None
+    out: dict[str, Any] = {"total": 0, "by_split": {}, "by_reason": {}, "examples": {}, "totals": {}}
+    for c in counters:
+        s = c.summary()
+        out["total"] += s["total"]
+        for k in ("by_split", "by_reason"):
+            for name, v in s[k].items():
+                out[k][name] = out[k].get(name, 0) + v
+        for name, ex in s["examples"].items():
+            out["examples"].setdefault(name, []).extend(ex)
+        out["totals"].update(s["totals"])
+    return out
 
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+
+class SkippedSamplesLogger(Callback):
+    """Logs ``data/skipped`` (bad samples skipped so far, each counted once, summed over ranks) at the end of
+    every train and validation epoch, from ``datamodule.skip_counter`` (or the module's), and stops the run
+    with :class:`DataSkipError` (a clear message; a non-zero exit from the command line) when
+
+    - more of a split was skipped than the counter's ``max_fraction`` (train: after every batch on one
+      process, at every epoch end summed over ranks; val/test: at the end of their loops);
+    - a training epoch made no optimizer step (every batch was empty), or a fit ends without any step.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._epoch_start_step = 0
+
+    def _total(self, trainer: pl.Trainer, split: str) -> int:
+        n = sum(c.skipped(split, exact=True) for c in _skip_counters(trainer))
+        if trainer.world_size > 1:
+            n = int(trainer.strategy.reduce(torch.tensor(float(n)), reduce_op="sum").item())
+        return n
+
+    def _log_and_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
         counters = _skip_counters(trainer)
-        if counters:
-            total = float(sum(c.value for c in counters))
-            pl_module.log("data/skipped", total, reduce_fx="sum", sync_dist=True, on_epoch=True, on_step=False)
+        if not counters:
+            return
+        total = float(sum(c.value for c in counters))
+        pl_module.log("data/skipped", total, reduce_fx="sum", sync_dist=True, on_epoch=True, on_step=False)
+        n = self._total(trainer, split)
+        for c in counters:
+            c.check(split, skipped=n if len(counters) == 1 else None)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.world_size == 1:  # a collective per batch would cost more than it finds
+            for c in _skip_counters(trainer):
+                c.check("train")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer, pl_module)
+        self._log_and_check(trainer, pl_module, "train")
+        if trainer.global_step == self._epoch_start_step:
+            raise DataSkipError(
+                f"epoch {trainer.current_epoch} trained on nothing: no batch had a usable sample"
+                + _skips_text(trainer) + "; check the training data path and files"
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._log(trainer, pl_module)
+            self._log_and_check(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer, pl_module)
+        self._log_and_check(trainer, pl_module, "test")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 0 and trainer.max_steps != 0 and trainer.limit_train_batches != 0:
+            raise DataSkipError(
+                f"the fit trained 0 steps ({trainer.num_training_batches} training batches per epoch)"
+                + _skips_text(trainer) + "; check the training data (path, files, batch size vs. data size)"
+            )
+
+
+def _skips_text(trainer: pl.Trainer) -> str:
+    s = skip_summary(trainer)
+    if not s or not s["total"]:
+        return ""
+    reasons = ", ".join(f"{k}: {v}" for k, v in s["by_reason"].items())
+    return f"; {s['total']} samples were skipped ({reasons})"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -539,8 +726,10 @@ def _scalar(v: Any) -> Any:
 
 
 class FinalMetrics(Callback):
-    """At the end of fit / validate / test (rank 0): writes ``<out_dir>/metrics.json`` (final and best value of
-    every logged metric, the ``test/*`` results, steps, epochs, skipped samples, checkpoint paths) and
+    """At the end of fit / validate / test, or when it stops with an error (rank 0): writes
+    ``<out_dir>/metrics.json`` (final and best value of every logged metric, the ``test/*`` results, steps,
+    epochs, checkpoint paths, ``skipped_samples`` and ``skipped`` (``SkipCounter.summary``: by split, by
+    reason, first files), ``error`` when the run failed) and
     ``<out_dir>/curves.png`` from the CSV log. ``out_dir`` defaults to ``trainer.default_root_dir``. Entries of
     earlier stages in the same file are kept (fit then test merges)."""
 
@@ -555,7 +744,8 @@ class FinalMetrics(Callback):
         return root / self.json_name, root / self.png_name
 
     @rank_zero_only
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str,
+               error: BaseException | None = None) -> None:
         json_path, png_path = self.paths(trainer)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         data: dict[str, Any] = {}
@@ -589,9 +779,14 @@ class FinalMetrics(Callback):
                 "csv_log": str(csv_path) if csv_path else None,
             }
         )
-        counters = _skip_counters(trainer)
-        if counters:
-            data["skipped_samples"] = sum(c.value for c in counters)
+        skips = skip_summary(trainer)
+        if skips is not None:
+            data["skipped_samples"] = skips["total"]
+            data["skipped"] = skips
+        if error is not None:
+            data["error"] = f"{type(error).__name__}: {error}"
+        else:
+            data.pop("error", None)
         cbs = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
         for cb in cbs:
             if cb.best_model_path:
@@ -617,6 +812,10 @@ class FinalMetrics(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._write(trainer, pl_module, "validate")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A run stopped by an error (e.g. :class:`DataSkipError`) still leaves its metrics, skips and the error."""
+        self._write(trainer, pl_module, str(trainer.state.fn or "fit"), error=exception)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -336,6 +336,10 @@ def _run(args: argparse.Namespace, given: set[str], out: Path) -> None:
               f"verified against PyTorch: {onnx_info.get('verified')}")
     print(f"time: total {total_s / 60:.1f} min (training {fit_s / 60:.1f} min, test {test_s:.0f} s) "
           f"on {os.cpu_count()} CPUs, load average now {_load()}")
+    skips = metrics.get("skipped") or {"total": 0, "by_reason": {}, "examples": {}}
+    print(f"skipped samples (each counted once; list in metrics JSON): {skips['total']}")
+    for reason, n in skips["by_reason"].items():
+        print(f"  {reason}: {n}, e.g. {(skips['examples'].get(reason) or ['?'])[0]}")
     print("outputs:")
     rows = [
         ("checkpoints", out / "checkpoints"),

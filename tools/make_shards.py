@@ -11,8 +11,8 @@ Sources:
 
 Each split goes to ``<out>/<split>/<split>-NNNNNN.tar`` (``--per-shard`` samples each; samples are shuffled
 with ``--seed`` before sharding so every shard holds a mix of classes); each split folder gets a ``meta.json``
-(num_classes, classes, shards, sample counts). Sample: ``<key>.png`` (or the original file bytes for folders)
-+ ``<key>.cls`` (class index).
+(num_classes, classes, shards, sample counts in all and per shard: the reader counts what a truncated shard
+loses). Sample: ``<key>.png`` (or the original file bytes for folders) + ``<key>.cls`` (class index).
 """
 
 from __future__ import annotations
@@ -47,14 +47,16 @@ def write_split(samples: list[tuple[str, bytes, int]], out: Path, split: str, pe
 
     d = out / split
     d.mkdir(parents=True, exist_ok=True)
-    shards = []
+    shards, shard_samples = [], {}
     for s in range(0, len(samples), per_shard):
         name = d / f"{split}-{s // per_shard:06d}.tar"
         with wds.TarWriter(str(name)) as w:
             for i, (ext, data, label) in enumerate(samples[s: s + per_shard], start=s):
                 w.write({"__key__": f"{split}_{i:07d}", ext: data, "cls": str(int(label)).encode()})
         shards.append(name.name)
-    info = {"shards": shards, "samples": len(samples)}
+        shard_samples[name.name] = len(samples[s: s + per_shard])
+    # shard_samples lets the reader count the samples that a truncated or corrupt shard loses
+    info = {"shards": shards, "samples": len(samples), "shard_samples": shard_samples}
     meta = {"num_classes": len(classes), "classes": list(classes), "split": split, **info}
     (d / "meta.json").write_text(json.dumps(meta, indent=2))
     return info

@@ -1,9 +1,12 @@
 """Classification datamodules: the embedded Fashion-MNIST npz, plain image folders, webdataset shards.
 
-All three share: timm transforms (``timm.data.create_transform``), a process-shared ``skip_counter`` of bad
-samples (logged as ``data/skipped``), and checks that raise one clear error in ``setup`` (before training)
-for a wrong path, an empty dataset or labels outside ``num_classes``. Batches are ``(images [B, 3, H, W]
-float, labels [B] int64)``; grey images are repeated to 3 channels so any timm model takes them.
+All three share: timm transforms (``timm.data.create_transform``), a ``skip_counter`` of bad samples
+(``recipes.common.SkipCounter``: each file counted once, with its reason; logged as ``data/skipped``; the run
+stops when more than ``max_skip_fraction`` of a split is skipped), and checks that raise one clear error in
+``setup`` (before training) for a wrong path, an empty dataset or labels outside ``num_classes``. Batches are
+``(images [B, 3, H, W] float, labels [B] int64)``; every image mode is converted by
+``recipes.data.images.to_rgb`` (16-bit scaled, alpha composited, grey repeated to 3 channels) so any timm
+model takes it. Training batches are never of size one (BatchNorm).
 """
 
 from __future__ import annotations
@@ -20,8 +23,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from recipes.common import SkipCounter
-from recipes.data.loader import ResumableDataLoader, ResumableSampler, dist_info, skip_none_collate
-from recipes.data.shards import CountingHandler, ResumableShardLoader, expand_shards, make_pipeline, read_meta
+from recipes.data.images import to_rgb
+from recipes.data.loader import ResumableDataLoader, ResumableSampler, dist_info, skip_none_collate, train_collate
+from recipes.data.shards import (
+    CountingHandler,
+    ResumableShardLoader,
+    expand_shards,
+    make_pipeline,
+    read_meta,
+    shard_sizes,
+)
 
 __all__ = [
     "DEFAULT_NPZ",
@@ -80,16 +91,17 @@ class _ArrayDataset(Dataset):
         return len(self.x)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = Image.fromarray(self.x[i]).convert("RGB")
+        img = to_rgb(Image.fromarray(self.x[i]))
         return self.transform(img), int(self.y[i])
 
 
 class _FileDataset(Dataset):
-    """(path, label) list → (transform(PIL RGB), label); an unreadable image is counted, warned and
-    returns None (the collate drops it)."""
+    """(path, label) list → (transform(PIL RGB), label); an unreadable image is recorded in ``counter`` (once
+    per file, under ``split``) and returns None (the collate drops it)."""
 
-    def __init__(self, items: list[tuple[str, int]], transform: Any, counter: SkipCounter) -> None:
-        self.items, self.transform, self.counter = items, transform, counter
+    def __init__(self, items: list[tuple[str, int]], transform: Any, counter: SkipCounter,
+                 split: str = "train") -> None:
+        self.items, self.transform, self.counter, self.split = items, transform, counter, split
 
     def __len__(self) -> int:
         return len(self.items)
@@ -98,15 +110,19 @@ class _FileDataset(Dataset):
         path, label = self.items[i]
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")
+                img = to_rgb(im)
         except Exception as e:  # noqa: BLE001 - any decoder failure means: skip this file
-            self.counter.add("unreadable image", f"{path}: {type(e).__name__}: {e}")
+            self.counter.add("unreadable image", path, f"{type(e).__name__}: {e}", split=self.split)
             return None
         return self.transform(img), label
 
 
 class ClassificationData(pl.LightningDataModule):
-    """Base: transforms, loaders, the skip counter and the checks. Subclasses implement ``_datasets``."""
+    """Base: transforms, loaders, the skip counter and the checks. Subclasses implement ``setup``.
+
+    ``max_skip_fraction`` (default 0.05): the run stops with ``DataSkipError`` when more than this fraction of
+    a split's samples is skipped (unreadable, lost in a truncated shard); 1.0 never stops (but an epoch that
+    trains on nothing always does)."""
 
     def __init__(
         self,
@@ -123,6 +139,7 @@ class ClassificationData(pl.LightningDataModule):
         auto_augment: str | None = None,
         re_prob: float = 0.0,
         interpolation: str = "bilinear",
+        max_skip_fraction: float = 0.05,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -132,7 +149,7 @@ class ClassificationData(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.aug = dict(scale=tuple(scale), hflip=hflip, auto_augment=auto_augment, re_prob=re_prob,
                         interpolation=interpolation)
-        self.skip_counter = SkipCounter()
+        self.skip_counter = SkipCounter(max_skip_fraction)
         self.classes: list[str] | None = None
         self.train_set: Any = None
         self.val_set: Any = None
@@ -163,12 +180,14 @@ class ClassificationData(pl.LightningDataModule):
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        bs = self.batch_size if train else self.eval_batch_size
         kw = dict(
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=bs,
             num_workers=self.num_workers,
-            collate_fn=skip_none_collate,
+            # training: full batches, and none of size one after unreadable samples are dropped (BatchNorm)
+            collate_fn=train_collate if train and bs > 1 else skip_none_collate,
             persistent_workers=self.num_workers > 0,
-            drop_last=train,
+            drop_last=train and len(ds) >= bs,
         )
         if train:
             return ResumableDataLoader(
@@ -275,23 +294,33 @@ class ImageFolderData(ClassificationData):
             elif classes != self.classes[: len(classes)] and set(classes) - set(self.classes):
                 raise ValueError(f"ImageFolderData: {split} classes {classes} are not among train's {self.classes}")
             self._check_labels(split, [lab for _, lab in items], len(self.classes))
-            sets[split] = _FileDataset(items, self.transform(split == "train"), self.skip_counter)
+            sets[split] = _FileDataset(items, self.transform(split == "train"), self.skip_counter, split)
+            self.skip_counter.set_total(split, len(items))
         self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets.get("test")
 
 
 class _Decode:
-    """webdataset sample → (transform(PIL RGB), label); picklable for workers."""
+    """webdataset sample → (transform(PIL RGB), label), or None for a bad sample (no image or label, an
+    undecodable image), which is recorded in ``counter`` as ``<shard url>#<key>``; picklable for workers."""
 
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
+    def __init__(self, transform: Any, counter: SkipCounter, split: str = "train") -> None:
+        self.transform, self.counter, self.split = transform, counter, split
 
-    def __call__(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    def __call__(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int] | None:
+        key = f"{sample.get('__url__')}#{sample.get('__key__')}"
         img_key = next((k for k in ("png", "jpg", "jpeg", "webp") if k in sample), None)
         if img_key is None or "cls" not in sample:
-            raise ValueError(f"sample {sample.get('__key__')!r} lacks an image or a .cls label (has {sorted(sample)})")
-        with Image.open(io.BytesIO(sample[img_key])) as im:
-            img = im.convert("RGB")
-        return self.transform(img), int(sample["cls"])
+            extra = sorted(k for k in sample if not k.startswith("__"))
+            self.counter.add("incomplete shard sample", key, f"no image or .cls label (has {extra})", split=self.split)
+            return None
+        try:
+            with Image.open(io.BytesIO(sample[img_key])) as im:
+                img = to_rgb(im)
+            label = int(sample["cls"])
+        except Exception as e:  # noqa: BLE001 - any decoder failure means: skip this sample
+            self.counter.add("unreadable shard sample", key, f"{type(e).__name__}: {e}", split=self.split)
+            return None
+        return self.transform(img), label
 
 
 def _stack(batch: tuple[list[Any], list[int]] | list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +330,11 @@ def _stack(batch: tuple[list[Any], list[int]] | list[Any]) -> tuple[torch.Tensor
 
 class ShardData(ClassificationData):
     """webdataset tar shards (``tools/make_shards.py``). ``train_shards``/``val_shards``/``test_shards``: a brace
-    pattern, glob, folder or list. Corrupt/truncated samples are skipped and counted (no sleeping).
+    pattern, glob, folder or list. Corrupt samples are skipped and counted once each (no sleeping); the samples
+    a truncated or corrupt shard loses are counted too, against the per-shard counts of ``meta.json``
+    (``shard_samples``, written by ``tools/make_shards.py``; without them, one per broken shard). An epoch that
+    a short pass cannot fill continues with the next pass (``ResumableShardLoader``), so it always ends with
+    validation.
 
     Each rank reads disjoint shards (``split_by_node``, then ``split_by_worker``); ``resampled=True`` streams
     shards endlessly (new permutation per pass, still split by rank and worker). An epoch is
@@ -325,6 +358,10 @@ class ShardData(ClassificationData):
                 self.urls[split] = expand_shards(spec)
         if "train" not in self.urls:
             raise ValueError("ShardData: train_shards is required")
+        for split, urls in self.urls.items():
+            split_meta = read_meta(urls)
+            if split_meta.get("samples") is not None:
+                self.skip_counter.set_total(split, int(split_meta["samples"]))
         meta = read_meta(self.urls["train"])
         if meta:
             self.classes = meta.get("classes")
@@ -342,13 +379,15 @@ class ShardData(ClassificationData):
             raise ValueError("ShardData: no meta.json next to the shards; set num_classes")
         if not self.epoch_samples:
             raise ValueError("ShardData: set epoch_samples (no meta.json with the train sample count)")
+        self.skip_counter.totals.setdefault("train", int(self.epoch_samples))
 
     def _wds_loader(self, split: str, train: bool, seed: int | None = None) -> Any:
         import webdataset as wds
 
         bs = self.batch_size if train else self.eval_batch_size
-        ds = make_pipeline(self.urls[split], _Decode(self.transform(train)),
-                           CountingHandler(self.skip_counter, f"bad {split} shard sample"), bs, train,
+        urls = self.urls[split]
+        ds = make_pipeline(urls, _Decode(self.transform(train), self.skip_counter, split),
+                           CountingHandler(self.skip_counter, split, shard_sizes(urls)), bs, train,
                            self.resampled and train, seed=self.seed if seed is None else seed,
                            shuffle_buffer=self.shuffle_buffer)
         ds = ds.compose(wds.map(_stack))

@@ -8,14 +8,19 @@ Bad annotations are skipped with one warning per reason and file and counted by 
 ``unknown_category`` (category id not in ``categories``), ``zero_area`` (width or height <= 0, or not
 finite), ``box_outside_image`` (a corner more than ``tolerance`` px outside the image; boxes within the
 tolerance are clipped). Crowd annotations (``iscrowd=1``) are left out of the targets and counted as
-``crowd``. Every skipped annotation and every image that cannot be read (``None`` from ``__getitem__``,
-dropped by ``collate_detection``) is also added to the datamodule's ``skip_counter``
-(``recipes.common.SkipCounter``, shared with DataLoader workers; logged as ``data/skipped``).
-A wrong path, an empty dataset or train/val categories that differ raise before training.
+``crowd``. An image that cannot be read, or whose decoded size differs from the json's ``width``/``height``
+(its boxes would be wrong; torchvision would fail later without naming the file), is skipped: ``None`` from
+``__getitem__``, dropped by ``collate_detection``. Every skipped annotation (split ``<split>/annotations``)
+and image (split ``<split>``) is also recorded, once, with its reason and file, in the datamodule's
+``skip_counter`` (``recipes.common.SkipCounter``, shared with DataLoader workers; logged as ``data/skipped``;
+the run stops when more than ``max_skip_fraction`` of a split is skipped). Images of any PIL mode are
+converted by ``recipes.data.images.to_rgb``. A wrong path, an empty dataset or train/val categories that
+differ raise before training. Training batches are never of size one (BatchNorm).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -29,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from recipes.common import SkipCounter
+from recipes.data.images import to_rgb
 
 ANNOTATION_REASONS = ("unknown_category", "zero_area", "box_outside_image")
 
@@ -41,7 +47,8 @@ def _require(path: str | Path, what: str) -> Path:
 
 
 class CocoDetection(Dataset):
-    """One COCO split. Item: ``(image [3, H, W] float 0..1, target)`` or ``None`` if unreadable.
+    """One COCO split. Item: ``(image [3, H, W] float 0..1, target)``, or ``None`` if unreadable or of another
+    size than the json says (recorded in ``skip_counter`` under ``split``).
 
     ``target``: ``boxes`` [N, 4] xyxy float, ``labels`` [N] int64 in 1..K, ``image_id`` int,
     and with ``with_masks`` also ``masks`` [N, H, W] uint8 (from polygons/RLE; a box-filled mask when
@@ -57,8 +64,10 @@ class CocoDetection(Dataset):
         tolerance: float = 1.0,
         max_images: int | None = None,
         skip_counter: SkipCounter | None = None,
+        split: str = "train",
     ) -> None:
         self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
+        self.split = split
         self.ann_file = _require(ann_file, "COCO annotation file")
         self.image_dir = _require(image_dir, "image folder")
         self.with_masks = with_masks
@@ -85,21 +94,28 @@ class CocoDetection(Dataset):
         by_image: dict[int, list] = {im["id"]: [] for im in images}
         size = {im["id"]: (im.get("width"), im.get("height")) for im in images}
         self.skipped: Counter = Counter()
+        first_id: dict[str, Any] = {}
+        n_anns = 0
         for ann in doc["annotations"]:
             iid = ann.get("image_id")
             if iid not in by_image:
                 continue
+            n_anns += 1
             reason = self._check(ann, label_of, size[iid], tolerance)
             if reason:
                 self.skipped[reason] += 1
+                first_id.setdefault(reason, ann.get("id"))
                 continue
             by_image[iid].append(ann)
         self.annotations = by_image
         self.label_of = label_of
+        self.skip_counter.set_total(split, len(images))
+        self.skip_counter.set_total(f"{split}/annotations", n_anns)
         for reason in ANNOTATION_REASONS:
             if self.skipped[reason]:
-                self.skip_counter.add(reason, f"{self.skipped[reason]} annotations in {self.ann_file}",
-                                      n=self.skipped[reason])
+                self.skip_counter.add(reason, f"{self.ann_file}:{reason}",
+                                      f"{self.skipped[reason]} annotations (first: id {first_id[reason]})",
+                                      n=self.skipped[reason], split=f"{split}/annotations")
 
     @staticmethod
     def _check(ann: dict, label_of: dict, size: tuple, tol: float) -> str | None:
@@ -155,11 +171,19 @@ class CocoDetection(Dataset):
         path = self.image_dir / info["file_name"]
         try:
             with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+                array = np.asarray(to_rgb(img), dtype=np.uint8).copy()
         except (OSError, ValueError) as err:
-            self.skip_counter.add("unreadable_image", f"{path}: {err}")
+            self.skip_counter.add("unreadable_image", str(path), f"{type(err).__name__}: {err}", split=self.split)
             return None
         height, width = array.shape[:2]
+        json_size = (info.get("width"), info.get("height"))
+        if json_size != (None, None) and json_size != (width, height):
+            self.skip_counter.add(
+                "size_mismatch", str(path),
+                f"{self.ann_file} says {json_size[0]}x{json_size[1]} (width x height) for image id {info['id']}, "
+                f"the file decodes to {width}x{height}; fix the json's width/height (and check the boxes)",
+                split=self.split)
+            return None
         image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
         anns = self.annotations[info["id"]]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -181,9 +205,13 @@ class CocoDetection(Dataset):
         return image, target
 
 
-def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
-    """``(images, targets)`` lists of the readable samples (``None`` items dropped)."""
+def collate_detection(batch: list, min_size: int = 1) -> tuple[list[torch.Tensor], list[dict]]:
+    """``(images, targets)`` lists of the readable samples (``None`` items dropped); empty lists when fewer
+    than ``min_size`` are left (training uses 2: a batch of one crashes BatchNorm in training mode, so the
+    detection module skips the empty batch)."""
     kept = [b for b in batch if b is not None]
+    if len(kept) < min_size:
+        kept = []
     return [b[0] for b in kept], [b[1] for b in kept]
 
 
@@ -192,6 +220,7 @@ class CocoDataModule(L.LightningDataModule):
 
     ``*_json`` are instances files, ``*_images`` their image folders. ``with_masks`` loads instance masks
     (needed by Mask R-CNN). ``max_train_images`` / ``max_val_images`` cut the splits (smoke runs).
+    ``max_skip_fraction``: the run stops when more of a split (images, or annotations) is skipped.
     """
 
     def __init__(
@@ -210,6 +239,7 @@ class CocoDataModule(L.LightningDataModule):
         tolerance: float = 1.0,
         max_train_images: int | None = None,
         max_val_images: int | None = None,
+        max_skip_fraction: float = 0.05,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -220,7 +250,7 @@ class CocoDataModule(L.LightningDataModule):
                 _require(value, name.replace("_", " "))
         if (val_json is None) != (val_images is None) or (test_json is None) != (test_images is None):
             raise ValueError("give both the json and the image folder for each of val / test")
-        self.skip_counter = SkipCounter()
+        self.skip_counter = SkipCounter(max_skip_fraction)
         self._train: CocoDetection | None = None
         self._val: CocoDetection | None = None
         self._test: CocoDetection | None = None
@@ -231,6 +261,7 @@ class CocoDataModule(L.LightningDataModule):
             getattr(h, f"{split}_json"), getattr(h, f"{split}_images"), with_masks=h.with_masks,
             hflip=h.hflip if train else 0.0, tolerance=h.tolerance,
             max_images=h.max_train_images if train else h.max_val_images, skip_counter=self.skip_counter,
+            split=split,
         )
 
     @property
@@ -274,9 +305,11 @@ class CocoDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         if ds is None:
             raise ValueError("this split was not configured (give its json and image folder)")
+        train = shuffle  # training: full batches, none of size one (BatchNorm)
+        collate = functools.partial(collate_detection, min_size=2) if train and batch_size > 1 else collate_detection
         return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
-            collate_fn=collate_detection, persistent_workers=self.hparams.num_workers > 0,
+            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers, collate_fn=collate,
+            drop_last=train and len(ds) > batch_size, persistent_workers=self.hparams.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

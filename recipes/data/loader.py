@@ -7,13 +7,14 @@ permutation from the next unseen batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["ResumableDataLoader", "ResumableSampler", "dist_info", "skip_none_collate"]
+__all__ = ["ResumableDataLoader", "ResumableSampler", "dist_info", "skip_none_collate", "train_collate"]
 
 
 def dist_info() -> tuple[int, int]:
@@ -106,11 +107,18 @@ class ResumableDataLoader(DataLoader):
         self.sampler.skip = int(state["batches_done"]) * int(self.batch_size or 1)
 
 
-def skip_none_collate(batch: list[Any]) -> Any:
-    """Default collate after dropping ``None`` samples (unreadable items that the dataset skipped)."""
+def skip_none_collate(batch: list[Any], min_size: int = 1) -> Any:
+    """Default collate after dropping ``None`` samples (unreadable items that the dataset skipped); ``None``
+    when fewer than ``min_size`` samples are left. Training loaders use ``min_size=2``
+    (:data:`train_collate`): a batch that shrank to one sample would crash BatchNorm in training mode
+    ("Expected more than 1 value per channel"), so that sample waits for the next epoch instead."""
     from torch.utils.data import default_collate
 
     batch = [b for b in batch if b is not None]
-    if not batch:
+    if len(batch) < max(1, min_size):
         return None
     return default_collate(batch)
+
+
+train_collate = functools.partial(skip_none_collate, min_size=2)
+"""``skip_none_collate`` for training batches (never of size one); picklable for DataLoader workers."""

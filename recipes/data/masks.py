@@ -14,11 +14,15 @@ pipeline), random crop to ``crop_size`` (padded with ignore where the image is s
 Evaluation samples: the whole image (optionally resized so its short side is ``eval_short_side``) with
 the mask at its ORIGINAL resolution -- metrics are computed there, as the papers do.
 An image without its mask, or a pair that cannot be read or whose sizes differ, is skipped with a
-warning and added to ``skip_counter`` (``recipes.common.SkipCounter``; logged as ``data/skipped``).
+warning and recorded once, with its reason and file, in ``skip_counter`` (``recipes.common.SkipCounter``;
+logged as ``data/skipped``; the run stops when more than ``max_skip_fraction`` of a split is skipped).
+Images of any PIL mode are converted by ``recipes.data.images.to_rgb``; training batches are never of size
+one (BatchNorm).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -32,6 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from recipes.common import SkipCounter
+from recipes.data.images import to_rgb
 
 IGNORE_INDEX = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,8 +61,10 @@ class MaskFolder(Dataset):
         eval_short_side: int | None = None,
         max_images: int | None = None,
         skip_counter: SkipCounter | None = None,
+        split: str = "train",
     ) -> None:
         self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
+        self.split = split
         self.image_dir, self.mask_dir = Path(image_dir), Path(mask_dir)
         for path, what in ((self.image_dir, "image folder"), (self.mask_dir, "mask folder")):
             if not path.is_dir():
@@ -66,11 +73,12 @@ class MaskFolder(Dataset):
         images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         self.pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
         self.missing_masks = len(images) - len(self.pairs)
-        if self.missing_masks:
-            self.skip_counter.add("missing_mask", f"{self.missing_masks} images in {self.image_dir} have no mask "
-                                  f"in {self.mask_dir}", n=self.missing_masks)
+        for p in images:
+            if p.stem not in masks:
+                self.skip_counter.add("missing_mask", str(p), f"no {p.stem}.png in {self.mask_dir}", split=split)
         if max_images is not None:
             self.pairs = self.pairs[:max_images]
+        self.skip_counter.set_total(split, len(self.pairs) + self.missing_masks)
         if not self.pairs:
             raise ValueError(f"empty dataset: no image/mask pairs (same stem) in {self.image_dir} and {self.mask_dir}")
         self.train = train
@@ -87,14 +95,16 @@ class MaskFolder(Dataset):
         image_path, mask_path = self.pairs[index]
         try:
             with Image.open(image_path) as im:
-                image = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+                image = np.asarray(to_rgb(im), dtype=np.uint8).copy()
             with Image.open(mask_path) as m:
                 mask = np.asarray(m, dtype=np.uint8).copy()
         except (OSError, ValueError) as err:
-            self.skip_counter.add("unreadable_image", f"{image_path}: {err}")
+            self.skip_counter.add("unreadable_image", str(image_path), f"{type(err).__name__}: {err}",
+                                  split=self.split)
             return None
         if mask.ndim != 2 or mask.shape != image.shape[:2]:
-            self.skip_counter.add("mask_size", f"{mask_path} is {mask.shape}, image {image.shape[:2]}")
+            self.skip_counter.add("mask_size", str(mask_path), f"mask is {mask.shape}, image {image.shape[:2]}",
+                                  split=self.split)
             return None
         if self.reduce_zero_label:
             mask = mask.astype(np.int64) - 1
@@ -134,15 +144,16 @@ class MaskFolder(Dataset):
         return {"image": image.contiguous(), "mask": mask.contiguous()}
 
 
-def collate_masks(batch: list) -> dict[str, Any]:
+def collate_masks(batch: list, min_size: int = 1) -> dict[str, Any]:
     """Pad to the largest image/mask of the batch (image 0, mask 255); keep the true sizes.
 
     Returns ``image`` [B, 3, H, W], ``mask`` [B, H', W'], ``image_sizes`` / ``mask_sizes`` lists of (h, w).
-    ``None`` items (unreadable pairs) are dropped.
+    ``None`` items (unreadable pairs) are dropped; fewer than ``min_size`` left gives an empty batch (B = 0,
+    which the module skips; training uses 2 for BatchNorm).
     """
     kept = [b for b in batch if b is not None]
     out: dict[str, Any] = {}
-    if not kept:
+    if len(kept) < max(1, min_size):
         out.update(image=torch.zeros(0, 3, 1, 1), mask=torch.zeros(0, 1, 1, dtype=torch.long),
                    image_sizes=[], mask_sizes=[])
         return out
@@ -182,6 +193,7 @@ class MaskFolderDataModule(L.LightningDataModule):
         num_workers: int = 0,
         max_train_images: int | None = None,
         max_val_images: int | None = None,
+        max_skip_fraction: float = 0.05,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -205,7 +217,7 @@ class MaskFolderDataModule(L.LightningDataModule):
                     if not (self.root / sub / split).is_dir():
                         raise FileNotFoundError(f"missing folder {self.root / sub / split} (ADE20K layout: "
                                                 "images/<split> and annotations/<split>)")
-        self.skip_counter = SkipCounter()
+        self.skip_counter = SkipCounter(max_skip_fraction)
         self._sets: dict[str, MaskFolder] = {}
 
     @property
@@ -224,6 +236,7 @@ class MaskFolderDataModule(L.LightningDataModule):
                 crop_size=tuple(h.crop_size), scale_range=tuple(h.scale_range), hflip=h.hflip,
                 reduce_zero_label=h.reduce_zero_label, eval_short_side=h.eval_short_side,
                 max_images=h.max_train_images if train else h.max_val_images, skip_counter=self.skip_counter,
+                split="train" if train else ("val" if split == h.val_split else "test"),  # the run's stage names
             )
         return self._sets[split]
 
@@ -258,9 +271,11 @@ class MaskFolderDataModule(L.LightningDataModule):
         if split is None:
             raise ValueError("this split is not configured")
         ds = self._set(split, train)
-        # UPerNet's pyramid pooling has BatchNorm on 1x1 maps: a last batch of one would fail in training.
+        # UPerNet's pyramid pooling has BatchNorm on 1x1 maps: a batch of one (the last one, or one that
+        # shrank after skipping) would fail in training.
+        collate = functools.partial(collate_masks, min_size=2) if train and batch_size > 1 else collate_masks
         return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_masks,
+                          num_workers=self.hparams.num_workers, collate_fn=collate,
                           persistent_workers=self.hparams.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

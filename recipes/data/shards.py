@@ -2,7 +2,8 @@
 
 Shard layout (written by ``tools/make_shards.py``): ``<prefix>-NNNNNN.tar`` with samples
 ``<key>.png`` (or ``.jpg``/``.jpeg``/``.webp``) + ``<key>.cls`` (the class index as text), and a ``meta.json``
-in the same folder: ``{"num_classes", "classes", "split", "shards": [...], "samples": N}``.
+in the same folder: ``{"num_classes", "classes", "split", "shards": [...], "samples": N,
+"shard_samples": {shard file name: N}}`` (the per-shard counts let a truncated shard's lost samples be counted).
 """
 
 from __future__ import annotations
@@ -18,22 +19,86 @@ from typing import Any
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from recipes.common import SkipCounter
+from recipes.common import DataSkipError, SkipCounter
 from recipes.data.loader import dist_info, loader_state
 
-__all__ = ["CountingHandler", "ResumableShardLoader", "SplitShards", "epoch_seed", "expand_shards", "read_meta"]
+__all__ = [
+    "CountingHandler",
+    "ResumableShardLoader",
+    "ShardLossCounter",
+    "SplitShards",
+    "epoch_seed",
+    "expand_shards",
+    "read_meta",
+    "shard_sizes",
+]
+
+
+def _error_url(exn: BaseException) -> str | None:
+    """The shard URL webdataset appends to a read error's ``args`` (last string argument), if any."""
+    return next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), None)
 
 
 class CountingHandler:
-    """webdataset error handler that counts the bad sample and goes on, without webdataset's 0.5 s sleep
-    (``warn_and_continue`` sleeps per sample). Picklable, so it works inside DataLoader workers."""
+    """webdataset error handler that records the error and goes on, without webdataset's 0.5 s sleep
+    (``warn_and_continue`` sleeps per sample). Picklable, so it works inside DataLoader workers.
 
-    def __init__(self, counter: SkipCounter, reason: str = "bad shard sample") -> None:
-        self.counter, self.reason = counter, reason
+    ``expected`` maps shard URL → sample count (``shard_sizes``). A read error of a shard with a known count
+    is kept in ``errors`` for :class:`ShardLossCounter`, which counts the samples the shard lost when it ends;
+    any other error is recorded as one skipped sample (once per shard and message)."""
+
+    def __init__(self, counter: SkipCounter, split: str = "train", expected: dict[str, int] | None = None) -> None:
+        self.counter, self.split, self.expected = counter, split, dict(expected or {})
+        self.errors: dict[str, str] = {}
 
     def __call__(self, exn: BaseException) -> bool:
-        self.counter.add(self.reason, f"{type(exn).__name__}: {exn}")
+        url = _error_url(exn)
+        msg = f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}"
+        if url is not None and url in self.expected:
+            self.errors[url] = msg
+        else:
+            reason = "unreadable shard (lost samples unknown: no shard_samples in meta.json)"
+            self.counter.add(reason, f"{url}!{msg}" if url else msg, msg, split=self.split)
         return True
+
+
+class ShardLossCounter:
+    """webdataset stage right after reading the tar files: counts the samples each shard gave and, when a
+    shard ends with fewer than its ``meta.json`` count, records the difference as lost samples of that shard
+    (once per shard; a later pass that loses more raises the count). A pass cut short (end of an epoch) is
+    not a loss: only shards read to their end are checked."""
+
+    def __init__(self, handler: CountingHandler) -> None:
+        self.handler = handler
+
+    def _finish(self, url: str | None, n: int) -> None:
+        expected = self.handler.expected.get(url) if url is not None else None
+        if expected is not None and n < expected:
+            why = self.handler.errors.get(url, "the shard ended early")
+            self.handler.counter.add("lost in a truncated or corrupt shard", url,
+                                     f"{n} of {expected} samples readable ({why})", n=expected - n,
+                                     split=self.handler.split)
+
+    def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        url, n = None, 0
+        for sample in src:
+            u = sample.get("__url__")
+            if u != url:
+                self._finish(url, n)
+                url, n = u, 0
+            n += 1
+            yield sample
+        self._finish(url, n)
+
+
+def shard_sizes(urls: list[str]) -> dict[str, int]:
+    """URL → sample count from ``meta.json``'s ``shard_samples`` (by file name); {} when it has none."""
+    counts = read_meta(urls).get("shard_samples") or {}
+    return {u: int(counts[os.path.basename(u)]) for u in urls if os.path.basename(u) in counts}
+
+
+def _is_sample(sample: Any) -> bool:
+    return sample is not None
 
 
 def expand_shards(spec: str | list[str]) -> list[str]:
@@ -110,8 +175,10 @@ def make_pipeline(
     seed: int = 0,
     shuffle_buffer: int = 1000,
 ) -> wds.DataPipeline:
-    """shards → tar samples → (shuffle) → decode → batches. Non-resampled training uses ``wds.WebDataset`` with
-    ``nodesplitter=wds.split_by_node`` and explicit ``shardshuffle``; resampled uses ``SplitShards``."""
+    """shards → tar samples → lost-sample count (:class:`ShardLossCounter`) → (shuffle) → decode (``None`` for
+    a bad sample, dropped) → batches (training: full batches only). Non-resampled training uses
+    ``wds.WebDataset`` with ``nodesplitter=wds.split_by_node`` and explicit ``shardshuffle``; resampled uses
+    ``SplitShards``."""
     if resampled:
         stages: list[Any] = [SplitShards(urls, shuffle=train, resampled=True, seed=seed),
                              wds.tarfile_to_samples(handler=handler)]
@@ -126,9 +193,11 @@ def make_pipeline(
             empty_check=False,
             seed=seed,
         )
+    ds = ds.compose(ShardLossCounter(handler))
     if train and shuffle_buffer > 1:
         ds = ds.compose(wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), seed=seed))
-    ds = ds.compose(wds.map(decode, handler=handler), wds.batched(batch_size, partial=not train))
+    ds = ds.compose(wds.map(decode, handler=handler), wds.select(_is_sample),
+                    wds.batched(batch_size, partial=not train))
     return ds
 
 
@@ -149,6 +218,11 @@ class ResumableShardLoader:
     at the cost of re-reading that part of the epoch. Augmentation draws are reproduced when
     ``num_workers > 0`` (worker RNGs are seeded per epoch); with ``num_workers=0`` they come from the
     training process's RNG, which Lightning does not restore.
+
+    Every epoch has exactly ``num_batches`` batches: when a pass over the shards gives fewer (samples skipped
+    or lost in a truncated shard, uneven shards), the epoch continues with the next pass (seeded from the
+    epoch and the pass number), so the epoch ends where Lightning expects it, with validation, checkpoints and
+    the same step count on every rank. A pass that gives no batch at all raises :class:`DataSkipError`.
     """
 
     def __init__(self, make_loader: Callable[[int], Iterable[Any]], num_batches: int, seed: int,
@@ -167,14 +241,31 @@ class ResumableShardLoader:
         skip = self._skip if self._resume_epoch == epoch else 0
         self._skip, self._resume_epoch = 0, None
         self._yielded = skip
-        it = iter(self.make_loader(epoch_seed(self.seed, epoch)))
-        for i, batch in enumerate(it):
-            if i >= self.num_batches:
-                break
+        for i, batch in enumerate(self._epoch_batches(epoch)):
             if i < skip:
                 continue
             self._yielded += 1
             yield batch
+
+    def _epoch_batches(self, epoch: int) -> Iterator[Any]:
+        """The epoch's ``num_batches`` batches: pass 0 from ``epoch_seed(seed, epoch)``, then further passes."""
+        n, p = 0, 0
+        while n < self.num_batches:
+            seed = (epoch_seed(self.seed, epoch) + p * 7_919) % (2**31)
+            got = 0
+            for batch in self.make_loader(seed):
+                got += 1
+                n += 1
+                yield batch
+                if n >= self.num_batches:
+                    return
+            if got == 0:
+                raise DataSkipError(
+                    f"the training shards gave no batch in a whole pass (epoch {epoch}, pass {p}): every sample "
+                    "was skipped or lost, or the shards hold fewer samples than one batch; see the skipped "
+                    "samples in the warnings"
+                )
+            p += 1
 
     def state_dict(self) -> dict[str, int]:
         done = self.progress() if self.progress is not None else self._yielded

@@ -182,3 +182,34 @@ def test_datamodule_loaders(tmp_path: Path) -> None:
     imgs, targets = next(iter(dm.val_dataloader()))
     assert len(imgs) == 2 and targets[0]["labels"].tolist() == [1]
     assert len(dm.test_dataloader().dataset) == 3  # test falls back to val
+
+
+def test_image_whose_size_disagrees_with_the_json_is_skipped_and_named(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: a json width/height that disagreed with the image crashed training inside torchvision
+    without naming the file."""
+    path, images = _write_coco(tmp_path, [_ann(1, 1, 3, [5, 5, 10, 10]), _ann(2, 2, 3, [5, 5, 10, 10])])
+    doc = json.loads(path.read_text())
+    doc["images"][1]["width"] = 60  # im1.png is 50x40
+    path.write_text(json.dumps(doc))
+    dm = CocoDataModule(str(path), str(images), str(path), str(images), batch_size=2, hflip=0.0,
+                        max_skip_fraction=1.0)
+    dm.setup("fit")
+    with caplog.at_level(logging.WARNING, logger="recipes"):
+        assert dm.train_set[0] is not None and dm.train_set[1] is None
+        assert dm.train_set[1] is None  # read again (next epoch): counted once
+    (rec,) = dm.skip_counter.records()
+    assert rec["reason"] == "size_mismatch" and rec["key"].endswith("im1.png") and rec["split"] == "train"
+    assert "says 60x40" in rec["detail"] and "decodes to 50x40" in rec["detail"]
+    assert "im1.png" in caplog.text and dm.skip_counter.value == 1
+    imgs, targets = next(iter(dm.val_dataloader()))
+    assert len(imgs) == 1 and dm.skip_counter.skipped("val") == 1
+
+
+def test_detection_train_batches_are_never_of_size_one(tmp_path: Path) -> None:
+    path, images = _write_coco(tmp_path, [], n_images=3, unreadable=True)  # 4 images, one unreadable
+    dm = CocoDataModule(str(path), str(images), batch_size=2, hflip=0.0, max_skip_fraction=1.0)
+    dm.setup("fit")
+    sizes = [len(b[0]) for _ in range(6) for b in dm.train_dataloader()]
+    assert len(sizes) == 12 and 1 not in sizes and 0 in sizes  # the batch left with one image is dropped
+    assert collate_detection([None, dm.train_set[0]], min_size=1)[0]  # evaluation keeps a single image

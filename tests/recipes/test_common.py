@@ -103,20 +103,54 @@ def test_atomic_checkpoint_io_keeps_old_file_on_failure(tmp_path):
     assert not any("last" in f for f in os.listdir(tmp_path / "ckpts") if f != "last.ckpt")
 
 
-def _bump(c: SkipCounter) -> None:
-    for _ in range(3):
-        c.add("test", "x")
+def _bump(c: SkipCounter, i: int) -> None:
+    for _ in range(3):  # the same file again (the next epoch): counted once
+        c.add("unreadable", f"file{i}.png", "OSError")
+    c.add("unreadable", "shared.png")  # another process already recorded it
+    c.add("lost", "shard.tar", "truncated", n=2 + i)  # a larger loss replaces the smaller one
 
 
-def test_skip_counter_counts_across_processes():
+def test_skip_counter_counts_each_sample_once_across_processes_and_epochs():
+    """Regression: a bad file was counted again in every epoch and by every worker."""
     c = SkipCounter()
-    c.add("corrupt", "a")
-    procs = [mp.get_context("fork").Process(target=_bump, args=(c,)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    assert c.value == 7
+    c.add("unreadable", "shared.png", "first")
+    for ctx in ("fork", "spawn"):
+        procs = [mp.get_context(ctx).Process(target=_bump, args=(c, i)) for i in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    assert c.value == 1 + 2 + 3  # shared.png, file0/1.png, 3 samples lost in shard.tar
+    s = c.summary()
+    assert s["by_reason"] == {"unreadable": 3, "lost": 3} and s["by_split"] == {"train": 6}
+    assert "shared.png: first" in s["examples"]["unreadable"]
+    assert not c.add("unreadable", "file1.png")  # known: not new
+    path = c.path
+    del c
+    assert not os.path.exists(path)  # the creating process removes the record file
+
+
+def test_skip_counter_threshold_names_the_reasons_and_files():
+    from recipes.common import DataSkipError
+
+    c = SkipCounter(max_fraction=0.1)
+    c.set_total("train", 20)
+    c.set_total("train/annotations", 100)
+    c.add("unreadable image", "a/1.png", "OSError: truncated", split="train")
+    c.add("unreadable image", "a/2.png", split="train")
+    c.add("zero_area", "ann.json:zero_area", "5 annotations", n=5, split="train/annotations")
+    c.check("train")  # 2/20 = 10% and 5/100: not more than 10%
+    c.add("unreadable image", "val/1.png", split="val")
+    c.check("train")  # another split
+    c.add("unreadable image", "a/3.png", split="train")
+    with pytest.raises(DataSkipError, match=r"3 of 20 train samples were skipped \(15.0%, more than the allowed 10%\)"
+                       r".*unreadable image: 4.*a/1.png: OSError: truncated.*max_skip_fraction"):
+        c.check("train")
+    c.add("box_outside_image", "ann.json:box_outside_image", n=20, split="train/annotations")
+    with pytest.raises(DataSkipError, match="25 of 100 train/annotations samples"):
+        SkipCounter.check(c, "train", skipped=0)
+    with pytest.raises(ValueError, match="within 0..1"):
+        SkipCounter(max_fraction=5)
 
 
 def test_read_csv_log_keeps_last_row_per_step_and_plots(tmp_path):

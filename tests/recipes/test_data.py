@@ -173,7 +173,7 @@ def test_skipped_samples_reach_the_logged_metrics(tmp_path):
 
     n = _write_shards(tmp_path / "sh", n_shards=2, per=6, corrupt=(2, 8))
     dm = ShardData(train_shards=str(tmp_path / "sh"), img_size=32, batch_size=2, num_workers=0, shuffle_buffer=0,
-                   epoch_samples=n - 2)
+                   epoch_samples=n - 2, max_skip_fraction=0.5)
     cbs = default_callbacks(tmp_path, every_n_train_steps=0, monitor="val/acc1", mode="max", progress_bar=False)
     trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_val_batches=1, callbacks=cbs,
                          logger=default_loggers(tmp_path), enable_progress_bar=False, enable_model_summary=False,
@@ -211,3 +211,133 @@ def test_shard_epochs_differ_and_replay_exactly(tmp_path):
     assert run() == e1  # the skip applies to one pass only
     dl.load_state_dict({"epoch": 3, "batches_done": 2})
     assert run() == e1  # a state for another epoch does not skip this one
+
+
+# ------------------------------------------------------------------------------------ no silent failures
+
+
+def _fit(tmp_path, dm, epochs=1, **kw):
+    import lightning.pytorch as pl
+
+    from recipes.classification import ClassificationModule
+    from recipes.common import default_callbacks, default_loggers
+
+    cbs = default_callbacks(tmp_path, every_n_train_steps=0, monitor="val/acc1", mode="max", progress_bar=False)
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=epochs, callbacks=cbs, logger=default_loggers(tmp_path),
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                         log_every_n_steps=1, **kw)
+    trainer.fit(ClassificationModule("test_resnet", num_classes=2, img_size=16), dm)
+    return trainer
+
+
+def _image_folder(root, n_good=4, n_broken=0, val=2):
+    for split, n, broken in (("train", n_good, n_broken), ("val", val, 0)):
+        for c, v in (("a", 30), ("b", 200)):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                (d / f"{i}.png").write_bytes(_png(v))
+            for i in range(broken):
+                (d / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root
+
+
+def test_all_images_unreadable_stops_with_a_clear_error(tmp_path):
+    """Regression: every training image unreadable gave "trained 0 steps" and went on to test/export."""
+    from recipes.common import DataSkipError
+
+    root = _image_folder(tmp_path / "data", n_good=0, n_broken=3)
+    for frac in (0.05, 1.0):  # the threshold, and (threshold off) the empty epoch
+        dm = ImageFolderData(root=str(root), img_size=16, batch_size=2, num_workers=0, max_skip_fraction=frac)
+        with pytest.raises(DataSkipError, match="skipped|trained on nothing") as err:
+            _fit(tmp_path / f"run{frac}", dm)
+        assert "unreadable image" in str(err.value)
+    m = json.loads((tmp_path / "run1.0" / "metrics.json").read_text())
+    assert "trained on nothing" in m["error"] and m["skipped_samples"] == 6
+
+
+def test_skip_threshold_stops_the_run_and_skips_are_counted_once_per_file(tmp_path):
+    """Regression: any share of unreadable files trained on silently, and a bad file was counted again in
+    every epoch. Now: over max_skip_fraction stops; under it, each file counts once, with its reason, in
+    metrics.json."""
+    from recipes.common import DataSkipError
+
+    root = _image_folder(tmp_path / "data", n_good=9, n_broken=1)  # 2 of 20 train images unreadable: 10%
+    with pytest.raises(DataSkipError, match=r"2 of 20 train samples were skipped \(10.0%.*max_skip_fraction"):
+        _fit(tmp_path / "strict", ImageFolderData(root=str(root), img_size=16, batch_size=4, num_workers=0))
+    dm = ImageFolderData(root=str(root), img_size=16, batch_size=4, num_workers=0, max_skip_fraction=0.2)
+    trainer = _fit(tmp_path / "ok", dm, epochs=3)
+    assert trainer.current_epoch == 3 and dm.skip_counter.value == 2
+    m = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    assert m["skipped_samples"] == 2 and m["final"]["data/skipped"] == 2
+    assert m["skipped"]["by_reason"] == {"unreadable image": 2} and m["skipped"]["by_split"] == {"train": 2}
+    assert sorted(e.split("/")[-2:][0] + "/" + e.split("/")[-1].split(":")[0] for e in
+                  m["skipped"]["examples"]["unreadable image"]) == ["a/broken0.png", "b/broken0.png"]
+
+
+def test_skip_counter_dedups_across_dataloader_workers(tmp_path):
+    root = _image_folder(tmp_path / "data", n_good=3, n_broken=1)
+    dm = ImageFolderData(root=str(root), img_size=16, batch_size=2, num_workers=2, max_skip_fraction=1.0)
+    dm.setup("fit")
+    for _ in range(2):  # two epochs, each with fresh worker processes
+        list(dm.train_dataloader())
+    assert dm.skip_counter.value == 2
+    assert {r["key"].rsplit("/", 2)[-2] for r in dm.skip_counter.records()} == {"a", "b"}
+
+
+def _make_tool_shards(tmp_path, load_tool, n=24, per=8):
+    tool = load_tool("make_shards")
+    samples = [("png", _png(10 * i), i % 2) for i in range(n)]
+    tool.write_split(samples, tmp_path / "sh", "train", per, ["even", "odd"])
+    return tmp_path / "sh" / "train"
+
+
+def test_truncated_shard_lost_samples_are_counted(tmp_path, load_tool):
+    """Regression: a truncated shard lost most of its samples but counted one error."""
+    d = _make_tool_shards(tmp_path, load_tool)
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["shard_samples"] == {"train-000000.tar": 8, "train-000001.tar": 8, "train-000002.tar": 8}
+    p = d / "train-000001.tar"
+    p.write_bytes(p.read_bytes()[: 3 * 1024 + 700])  # cut inside the 2nd of 8 samples (png + cls: 2 KiB each)
+    dm = ShardData(train_shards=str(d), val_shards=str(d), img_size=16, batch_size=1, num_workers=0,
+                   shuffle_buffer=0, max_skip_fraction=1.0)
+    dm.setup("fit")
+    for _ in range(2):  # counted once, not once per pass
+        got = len(list(dm.val_dataloader()))
+        assert got + dm.skip_counter.value == 24
+    assert 16 < got < 24 - 4
+    rec = [r for r in dm.skip_counter.records() if r["key"].endswith("train-000001.tar")]
+    assert len(rec) == 1 and rec[0]["reason"] == "lost in a truncated or corrupt shard"
+    assert rec[0]["detail"].startswith(f"{8 - rec[0]['n']} of 8 samples readable")
+
+
+def test_short_shard_epoch_is_filled_and_ends_with_validation(tmp_path, load_tool):
+    """Regression: a pass that ended before the epoch's length (a truncated shard) ended the epoch early,
+    so validation never ran and "best" fell back to "last"."""
+    from recipes.common import DataSkipError
+
+    d = _make_tool_shards(tmp_path, load_tool)
+    p = d / "train-000002.tar"
+    p.write_bytes(p.read_bytes()[: 2 * 1024 + 700])
+    dm = ShardData(train_shards=str(d), val_shards=str(d), img_size=16, batch_size=4, num_workers=0,
+                   shuffle_buffer=0, max_skip_fraction=0.9)
+    trainer = _fit(tmp_path / "run", dm, limit_val_batches=1)
+    assert trainer.global_step == 24 // 4
+    assert "val/acc1" in trainer.callback_metrics
+    assert trainer.checkpoint_callback.best_model_path
+    with pytest.raises(DataSkipError, match="of 24 train samples were skipped"):  # ~7 of 24 lost > 5%
+        _fit(tmp_path / "strict", ShardData(train_shards=str(d), img_size=16, batch_size=4, num_workers=0,
+                                            shuffle_buffer=0, max_skip_fraction=0.05), limit_val_batches=1)
+
+
+def test_train_batches_are_never_of_size_one(tmp_path):
+    """Regression: a batch that shrank to one sample after skipping crashed BatchNorm models."""
+    root = _image_folder(tmp_path / "data", n_good=1, n_broken=1)  # 4 train files, 2 unreadable
+    dm = ImageFolderData(root=str(root), img_size=16, batch_size=2, num_workers=0, max_skip_fraction=1.0)
+    dm.setup("fit")
+    sizes = [None if b is None else len(b[1]) for _ in range(4) for b in dm.train_dataloader()]
+    assert len(sizes) == 8 and 1 not in sizes
+    from recipes.data.loader import skip_none_collate, train_collate
+
+    one = [None, (torch.zeros(3), 1)]
+    assert train_collate(one) is None and len(skip_none_collate(one)[1]) == 1  # eval keeps it
