@@ -144,7 +144,7 @@ def test_skip_counter_threshold_names_the_reasons_and_files():
     c.check("train")  # another split
     c.add("unreadable image", "a/3.png", split="train")
     with pytest.raises(DataSkipError, match=r"3 of 20 train samples were skipped \(15.0%, more than the allowed 10%\)"
-                       r".*unreadable image: 4.*a/1.png: OSError: truncated.*max_skip_fraction"):
+                       r".*Reasons: unreadable image: 3\. First: a/1.png: OSError: truncated.*max_skip_fraction"):
         c.check("train")
     c.add("box_outside_image", "ann.json:box_outside_image", n=20, split="train/annotations")
     with pytest.raises(DataSkipError, match="25 of 100 train/annotations samples"):
