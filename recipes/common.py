@@ -44,7 +44,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricExperimentWriter
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    BasePredictionWriter,
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -64,6 +70,7 @@ __all__ = [
     "SkipCounter",
     "SkippedSamplesLogger",
     "StepSeeding",
+    "ValidateAtMaxSteps",
     "adamw_cosine",
     "build_optimizer",
     "build_param_groups",
@@ -832,6 +839,18 @@ def _progress_bar() -> Callback:
         return TQDMProgressBar()
 
 
+class ValidateAtMaxSteps(Callback):
+    """A run that reaches ``trainer.max_steps`` in the middle of an epoch still validates before it ends, so its
+    last weights are scored and the best checkpoint is kept (Lightning validates only at epoch ends or every
+    ``val_check_interval``, and would end such a run without a validation). It asks the trainer to stop at the
+    last step, which Lightning answers with a validation."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 def default_callbacks(
     root_dir: str | os.PathLike,
     every_n_train_steps: int = 200,
@@ -846,6 +865,8 @@ def default_callbacks(
       validation); this one comes first, so ``trainer.checkpoint_callback.best_model_path`` / ``ckpt_path="best"``
       refer to it;
     - ``last.ckpt`` every ``every_n_train_steps`` optimizer steps (0 turns this off).
+
+    A run that stops at ``max_steps`` mid-epoch validates first (:class:`ValidateAtMaxSteps`).
     """
     ckpt_dir = str(Path(root_dir) / "checkpoints")
     cbs: list[Callback] = [
@@ -871,7 +892,7 @@ def default_callbacks(
         cbs.append(_progress_bar())
     if lr_monitor:
         cbs.append(LearningRateMonitor(logging_interval="step"))
-    cbs += [SkippedSamplesLogger(), FinalMetrics(), StepSeeding()]
+    cbs += [SkippedSamplesLogger(), FinalMetrics(), StepSeeding(), ValidateAtMaxSteps()]
     return cbs
 
 
@@ -883,6 +904,8 @@ class RecipeCLI(LightningCLI):
 
     The resolved config goes to ``<root>/logs/config.yaml`` for ``fit`` (a resumed fit rewrites it) and to
     ``config-<subcommand>.yaml`` for validate/test/predict, which so never overwrite the fit's record.
+    ``predict`` writes ``<root>/predictions/predictions.json`` (``recipes.predictions.PredictionWriter``) over the
+    datamodule's predict split (every recipe datamodule predicts its test split, or val when it has none).
     ``--ckpt_path last`` loads ``recipes.checkpoint.resume_checkpoint(<root>/checkpoints)``: ``last.ckpt``, the
     newest intact checkpoint when it is corrupt (with a warning), or an error when there is nothing to resume
     (Lightning would warn and start over)."""
@@ -913,6 +936,10 @@ class RecipeCLI(LightningCLI):
         )
         if have_ckpt:
             extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in user_cbs):
+            from recipes.predictions import PredictionWriter
+
+            extra.append(PredictionWriter(Path(root) / "predictions"))
         kwargs["callbacks"] = user_cbs + extra
         if cfg.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(root)

@@ -6,10 +6,20 @@ extra level and returns ``OrderedDict('0', '1', '2', '3', 'pool')`` with ``out_c
 each -- the interface torchvision's detectors expect. Images are normalised, resized to
 ``min_size``/``max_size`` and padded to a multiple of 32 by the detectors' own transform.
 
+Detectors: ``fasterrcnn`` / ``maskrcnn`` (two-stage; ``detector_kwargs`` sets the proposal counts and the RoI
+sampling), ``retinanet`` (one-stage, 9 anchors per location), ``fcos`` (one-stage, anchor-free: one "anchor" per
+location whose size only assigns objects to FPN levels).
+
 ``DetectionModule`` keeps the detector at ``self.model`` and ``task='detection'`` in its hparams;
 it logs the losses, COCO mAP (torchmetrics ``MeanAveragePrecision``, pycocotools backend; bbox, and
 segm for Mask R-CNN) and the per-reason skipped-annotation counts of a ``CocoDataModule``
-(``data/skipped_<reason>``; the total is ``data/skipped`` from ``recipes.common``).
+(``data/skipped_<reason>``; the total is ``data/skipped`` from ``recipes.common``). At the end of every
+validation it prints mAP, mAP@0.5 and mAR@100 on the console (per-class mAP@[.5:.95] too for up to
+``PER_CLASS_MAX`` classes).
+
+``backbone_checkpoint``: weights for the backbone (a classification recipe ``.ckpt`` of the same timm model, e.g.
+``tools/demo.py``'s best, or any timm state dict file), loaded when a fit starts (``setup('fit')``, so a resumed
+run's checkpoint still wins and rebuilding from a checkpoint never needs the file).
 """
 
 from __future__ import annotations
@@ -22,16 +32,23 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 import zoo  # noqa: F401  (registers the zoo families in timm)
-from recipes._dense import attached_datamodule, check_num_classes, log_skipped_reasons
+from recipes._dense import (
+    attached_datamodule,
+    check_num_classes,
+    load_backbone,
+    log_skipped_reasons,
+    print_metrics_line,
+)
 from recipes.common import RecipeModule
 
-DETECTORS = ("fasterrcnn", "retinanet", "maskrcnn")
+DETECTORS = ("fasterrcnn", "retinanet", "maskrcnn", "fcos")
+PER_CLASS_MAX = 12
 
 
 class TimmFPNBackbone(nn.Module):
@@ -105,6 +122,9 @@ def build_detector(
     backbone = TimmFPNBackbone(model_name, pretrained, fpn_channels, model_kwargs)
     common = dict(min_size=min_size, max_size=max_size, size_divisible=32, **(detector_kwargs or {}))
     ratios = ((0.5, 1.0, 2.0),) * 5
+    if detector == "fcos":
+        anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((1.0,),) * 5)
+        return FCOS(backbone, num_classes + 1, anchor_generator=anchors, **common)
     if detector == "retinanet":
         sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in anchor_sizes)
         return RetinaNet(backbone, num_classes + 1, anchor_generator=AnchorGenerator(sizes, ratios), **common)
@@ -143,6 +163,7 @@ class DetectionModule(RecipeModule):
         warmup: float = 0.05,
         min_lr_ratio: float = 0.01,
         class_names: list[str] | None = None,
+        backbone_checkpoint: str | None = None,
         task: str = "detection",
     ) -> None:
         super().__init__()
@@ -160,7 +181,8 @@ class DetectionModule(RecipeModule):
         from torchmetrics.detection import MeanAveragePrecision
 
         iou = ("bbox", "segm") if self.hparams.detector == "maskrcnn" else "bbox"
-        return MeanAveragePrecision(iou_type=iou, backend="pycocotools")
+        return MeanAveragePrecision(iou_type=iou, backend="pycocotools",
+                                    class_metrics=self.hparams.num_classes <= PER_CLASS_MAX)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> Any:
         return self.model(images, targets)
@@ -170,6 +192,13 @@ class DetectionModule(RecipeModule):
         dm = attached_datamodule(self)
         if self.hparams.detector == "maskrcnn" and dm is not None and not getattr(dm.hparams, "with_masks", True):
             raise ValueError("Mask R-CNN needs instance masks: set data with_masks=true")
+        if self.hparams.class_names is None and getattr(dm, "class_names", None):
+            self.hparams.class_names = list(dm.class_names)
+        if stage == "fit" and self.hparams.backbone_checkpoint and not getattr(self, "_backbone_loaded", False):
+            rep = load_backbone(self.model.backbone.body, self.hparams.backbone_checkpoint, self.hparams.model_name)
+            self._backbone_loaded = True
+            print(f"backbone {self.hparams.model_name}: {rep['loaded']} tensors from "
+                  f"{self.hparams.backbone_checkpoint} ({rep['left_out']} of the file left out: head/final norm)")
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor | None:
         images, targets = batch
@@ -221,10 +250,23 @@ class DetectionModule(RecipeModule):
         if f"{prefix}/map" not in out and f"{prefix}/bbox_map" in out:
             out[f"{prefix}/map"] = out[f"{prefix}/bbox_map"]
         self.log_dict(out)
+        per_class = {}
+        pc_key = "bbox_map_per_class" if "bbox_map_per_class" in result else "map_per_class"
+        pcs, classes = result.get(pc_key), result.get("classes")
+        if isinstance(pcs, torch.Tensor) and isinstance(classes, torch.Tensor) and pcs.numel() == classes.numel():
+            names = self.hparams.class_names
+            for c, v in zip(classes.flatten().tolist(), pcs.flatten().tolist()):
+                name = names[c - 1] if names and 0 < c <= len(names) else str(c)
+                per_class[name] = v
+                out[f"{prefix}/map_class/{name}"] = v
+        self._last_per_class = per_class
         return out
 
     def on_validation_epoch_end(self) -> None:
-        self._log_map(self.val_map, "val")
+        out = self._log_map(self.val_map, "val")
+        keys = {"mAP": "val/map", "mAP@0.5": "val/map_50", "mAR@100": "val/mar_100"}
+        print_metrics_line(self, "detection val", {k: out[v] for k, v in keys.items() if v in out},
+                           self._last_per_class)
         log_skipped_reasons(self)
 
     def on_test_epoch_end(self) -> None:

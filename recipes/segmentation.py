@@ -12,7 +12,12 @@ dataset-level mIoU, torchmetrics ``MulticlassJaccardIndex(average='macro', ignor
 classes absent from both prediction and ground truth do not count -- plus pixel accuracy. Evaluation
 is whole-image (``inference='whole'``) or sliding-window (``inference='slide'``, ``slide_crop`` windows
 every ``slide_stride`` px, logits averaged where windows overlap); logits are resized to the mask's original
-size before the argmax.
+size before the argmax. At the end of every validation the mIoU and pixel accuracy are printed on the console
+(with the per-class IoU for up to ``PER_CLASS_MAX`` classes).
+
+``backbone_checkpoint``: weights for the encoder (a classification recipe ``.ckpt`` of the same timm model, e.g.
+``tools/demo.py``'s best, or any timm state dict file), loaded when a fit starts (``setup('fit')``, so a resumed
+run's checkpoint still wins and rebuilding from a checkpoint never needs the file).
 """
 
 from __future__ import annotations
@@ -26,11 +31,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo  # noqa: F401  (registers the zoo families in timm)
-from recipes._dense import check_num_classes, log_skipped_reasons
+from recipes._dense import (
+    attached_datamodule,
+    check_num_classes,
+    load_backbone,
+    log_skipped_reasons,
+    print_metrics_line,
+)
 from recipes.common import RecipeModule
 
 HEADS = ("upernet", "fpn")
 IGNORE_INDEX = 255
+PER_CLASS_MAX = 12
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -93,6 +105,7 @@ class SegmentationModule(RecipeModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         class_names: list[str] | None = None,
+        backbone_checkpoint: str | None = None,
         task: str = "segmentation",
     ) -> None:
         super().__init__()
@@ -110,6 +123,8 @@ class SegmentationModule(RecipeModule):
         self.test_miou = MulticlassJaccardIndex(num_classes, average="macro", ignore_index=IGNORE_INDEX)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
+        self.val_iou_per_class = (MulticlassJaccardIndex(num_classes, average="none", ignore_index=IGNORE_INDEX)
+                                  if num_classes <= PER_CLASS_MAX else None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` [B, 3, H, W] float 0..1 -> logits [B, num_classes, H, W] (any H, W)."""
@@ -145,6 +160,14 @@ class SegmentationModule(RecipeModule):
 
     def setup(self, stage: str) -> None:
         check_num_classes(self, self.hparams.num_classes, "segmentation classes")
+        dm = attached_datamodule(self)
+        if self.hparams.class_names is None and getattr(dm, "class_names", None):
+            self.hparams.class_names = list(dm.class_names)
+        if stage == "fit" and self.hparams.backbone_checkpoint and not getattr(self, "_backbone_loaded", False):
+            rep = load_backbone(self.model.encoder.model, self.hparams.backbone_checkpoint, self.hparams.model_name)
+            self._backbone_loaded = True
+            print(f"encoder {self.hparams.model_name}: {rep['loaded']} tensors from "
+                  f"{self.hparams.backbone_checkpoint} ({rep['left_out']} of the file left out: head/final norm)")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         images, masks = batch["image"], batch["mask"]
@@ -160,22 +183,34 @@ class SegmentationModule(RecipeModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 
-    def _eval_step(self, batch: dict[str, Any], miou: nn.Module, acc: nn.Module) -> None:
+    def _eval_step(self, batch: dict[str, Any], miou: nn.Module, acc: nn.Module,
+                   per_class: nn.Module | None = None) -> None:
         for i, ((ih, iw), (mh, mw)) in enumerate(zip(batch["image_sizes"], batch["mask_sizes"])):
             logits = self.predict_logits(batch["image"][i:i + 1, :, :ih, :iw], (mh, mw))
             pred = logits.argmax(1)
             target = batch["mask"][i:i + 1, :mh, :mw]
             miou.update(pred, target)
             acc.update(pred, target)
+            if per_class is not None:
+                per_class.update(pred, target)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_miou, self.val_acc)
+        self._eval_step(batch, self.val_miou, self.val_acc, self.val_iou_per_class)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_miou, self.test_acc)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict({"val/miou": self.val_miou.compute(), "val/pixel_acc": self.val_acc.compute()}, prog_bar=True)
+        values = {"val/miou": self.val_miou.compute(), "val/pixel_acc": self.val_acc.compute()}
+        self.log_dict(values, prog_bar=True)
+        per_class = None
+        if self.val_iou_per_class is not None:
+            ious = self.val_iou_per_class.compute().tolist()
+            names = self.hparams.class_names
+            per_class = {(names[i] if names and i < len(names) else str(i)): v for i, v in enumerate(ious)}
+            self.val_iou_per_class.reset()
+        print_metrics_line(self, "segmentation val", {"mIoU": float(values["val/miou"]),
+                                                      "pixel acc": float(values["val/pixel_acc"])}, per_class)
         self.val_miou.reset()
         self.val_acc.reset()
         log_skipped_reasons(self)

@@ -207,6 +207,10 @@ class ClassificationData(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set if self.test_set is not None else self.val_set, False)
 
+    def predict_dataloader(self) -> Any:
+        """What ``trainer.predict`` / the CLI's ``predict`` runs on: the test split (val when there is none)."""
+        return self.test_dataloader()
+
 
 class NpzData(ClassificationData):
     """Arrays in an ``.npz`` (default: the embedded Fashion-MNIST subset, 10k train / 2k test, 28×28 grey).

@@ -322,3 +322,7 @@ class CocoDataModule(L.LightningDataModule):
         """The test split, or the val split when no test split is configured."""
         ds = self._test if self._test is not None else self._val
         return self._loader(ds, False, self.hparams.val_batch_size or self.hparams.batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """What ``trainer.predict`` / the CLI's ``predict`` runs on: the test split (val when there is none)."""
+        return self.test_dataloader()

@@ -287,3 +287,7 @@ class MaskFolderDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The test split, or the val split when no test split is configured."""
         return self._loader(self.hparams.test_split or self.hparams.val_split, False, self.hparams.val_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """What ``trainer.predict`` / the CLI's ``predict`` runs on: the test split (val when there is none)."""
+        return self.test_dataloader()
