@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 # torch and torchvision are a working pair: the regular PyPI (CUDA) build, which also runs on CPU.
 TORCH  := torch==2.14.1 torchvision==0.29.2
 MODEL  ?=
+TASK   ?=
 ARGS   ?=
 
 .PHONY: setup demo test test-heavy lint bench clean
@@ -28,7 +29,7 @@ $(VENV)/.stamp: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/python tools/demo.py $(if $(MODEL),--model $(MODEL)) $(ARGS)
+	$(BIN)/python tools/demo.py $(if $(TASK),--task $(TASK)) $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
 test: setup
 	$(BIN)/ruff check .

@@ -41,10 +41,17 @@ __all__ = [
 ]
 
 
+# Kelly's 20 colours of maximum contrast (white and black left out), then golden-ratio hues
+_DISTINCT = [(243, 195, 0), (135, 86, 146), (243, 132, 0), (161, 202, 241), (190, 0, 50), (194, 178, 128),
+             (0, 136, 86), (230, 143, 172), (0, 103, 165), (249, 133, 121), (96, 78, 151), (246, 166, 0),
+             (179, 68, 108), (220, 211, 0), (136, 45, 23), (141, 182, 0), (101, 69, 34), (226, 88, 34),
+             (43, 61, 38), (132, 132, 130)]
+
+
 def palette(n: int) -> list[tuple[int, int, int]]:
-    """``n`` well separated RGB colours (evenly spaced hues, the golden-ratio walk)."""
-    out = []
-    for i in range(max(n, 1)):
+    """``n`` well separated RGB colours: Kelly's contrast colours, then evenly spread hues (golden-ratio walk)."""
+    out = list(_DISTINCT[:n])
+    for i in range(len(out), max(n, 1)):
         r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95)
         out.append((int(r * 255), int(g * 255), int(b * 255)))
     return out
@@ -122,7 +129,8 @@ def draw(task: str, image: torch.Tensor, record: dict, class_names: Sequence[str
          label_map: torch.Tensor | None = None, min_side: int = 128, num_classes: int | None = None) -> torch.Tensor:
     """The prediction drawn on ``image`` ([3, H, W], float 0..1 or uint8) -> uint8 [3, H', W'].
 
-    classification: top-k caption; detection: boxes with "name score" (one colour per class); segmentation:
+    classification: top-k caption; detection: boxes with "name score" ("name" for a record without scores, e.g.
+    the ground truth; one colour per class); segmentation:
     ``label_map`` [H, W] as coloured masks (alpha 0.5), classes named ``background`` left clear. Images
     smaller than ``min_side`` are upscaled (nearest) first."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
@@ -136,7 +144,8 @@ def draw(task: str, image: torch.Tensor, record: dict, class_names: Sequence[str
         n = num_classes or (len(class_names) if class_names else max(record["labels"]))
         colors = palette(n + 1)
         boxes = torch.tensor(record["boxes"], dtype=torch.float32) * scale
-        labels = [f"{nm} {s:.2f}" for nm, s in zip(record["names"], record["scores"])]
+        labels = ([f"{nm} {s:.2f}" for nm, s in zip(record["names"], record["scores"])] if "scores" in record
+                  else list(record["names"]))  # ground truth: names only
         return draw_bounding_boxes(img, boxes, labels=labels, colors=[colors[v] for v in record["labels"]],
                                    width=2)
     if task == "segmentation":
