@@ -35,6 +35,8 @@ class ClassificationModule(RecipeModule):
         ema_decay: 0 disables EMA; e.g. 0.999. ``ema_warmup``: timm's decay warmup.
         eval_ema: validate/test with the EMA weights when EMA is on.
         model_kwargs: extra kwargs for ``timm.create_model``.
+        class_names: the name of each class (recorded for export and prediction: saved in the checkpoint,
+            written into ONNX metadata); taken from the data module's ``classes`` in ``setup`` when not given.
     """
 
     task = "classification"
@@ -62,6 +64,7 @@ class ClassificationModule(RecipeModule):
         ema_warmup: bool = True,
         eval_ema: bool = True,
         model_kwargs: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,6 +104,9 @@ class ClassificationModule(RecipeModule):
                 f"class count mismatch: the data has {n} classes but the model was built with "
                 f"num_classes={self.hparams.num_classes}; set --model.num_classes={n}"
             )
+        classes = getattr(dm, "classes", None)
+        if self.hparams.get("class_names") is None and classes and len(classes) == self.hparams.num_classes:
+            self.hparams.class_names = [str(c) for c in classes]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

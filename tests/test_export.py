@@ -296,3 +296,149 @@ def test_export_torchvision_faster_rcnn(tmp_path):
 
 def test_zoo_list_models_nonempty():
     assert "nat_nano" in zoo.list_models()
+
+
+# ------------------------------------------------------------------ metadata, runner, fp16, int8, optimised
+@pytest.fixture(scope="module")
+def nano_export(tmp_path_factory):
+    """nat_nano exported at 64 px (5 classes) with onnxruntime's optimised graph saved next to it."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tmp = tmp_path_factory.mktemp("meta")
+        report = export_onnx("nat_nano", tmp / "m.onnx", img_size=64, num_classes=5,
+                             optimized_path=tmp / "m.opt.onnx")
+    finally:
+        torch.set_num_threads(prev)
+    return report
+
+
+def test_metadata_in_file(nano_export):
+    """What a runtime user would otherwise guess is in the file, as zoo.* metadata_props."""
+    import onnxruntime as ort
+
+    from zoo.export import read_metadata
+
+    report = nano_export
+    cfg = timm.create_model("nat_nano").pretrained_cfg
+    meta = read_metadata(report.path)
+    assert meta["model"] == "nat_nano" and meta["task"] == "classification" and meta["num_classes"] == 5
+    assert meta["input_size"] == [3, 64, 64] and meta["img_size"] == 64
+    assert meta["mean"] == list(cfg["mean"]) and meta["std"] == list(cfg["std"])
+    assert meta["interpolation"] == cfg["interpolation"] and meta["crop_pct"] == cfg["crop_pct"]
+    assert meta["crop_mode"] == cfg.get("crop_mode", "center")
+    assert meta["opset"] == 18 and meta["exporter"] == "torchscript" and meta["precision"] == "fp32"
+    assert meta["version"] == zoo.__version__ and meta["torch_version"] == torch.__version__
+    assert meta["onnxruntime_version"] == ort.__version__
+    # the valid size range: the minimum, the sizes actually checked, dynamic H/W, and no claimed upper bound
+    assert meta["dynamic_hw"] is True and meta["dynamic_batch"] is True
+    assert meta["min_size"] == list(cfg.get("min_input_size", (3, 32, 32))[-2:])
+    assert meta["verified_sizes"] == [list(s) for s in dict.fromkeys(c.shape[2:] for c in report.checks)]
+    assert "no upper bound" in meta["size_note"] and "max_size" not in meta
+    assert report.metadata == meta
+    # other runtimes see the same entries
+    custom = ort.InferenceSession(report.path).get_modelmeta().custom_metadata_map
+    assert custom["zoo.model"] == "nat_nano" and json.loads(custom["zoo.min_size"]) == meta["min_size"]
+
+
+def test_runner_enforces_min_size(nano_export):
+    import numpy as np
+
+    from zoo.export import OnnxRunner
+
+    run = OnnxRunner(nano_export.path)
+    assert run(np.zeros((2, 3, 40, 56), np.float32))[0].shape == (2, 5)
+    with pytest.raises(ValueError, match=r"input 16x40 is smaller than the model's minimum size 32x32.*resize"):
+        run(np.zeros((1, 3, 16, 40), np.float32))
+    with pytest.raises(ValueError, match="has 1 channels; the model takes 3"):
+        run(torch.zeros(1, 1, 64, 64))
+
+
+def test_optimized_graph_runs(nano_export):
+    """--optimized: onnxruntime's optimised graph is written, verified at the same sizes, and runs."""
+    import onnxruntime as ort
+
+    from zoo.export import read_metadata
+
+    report = nano_export
+    opt = Path(report.optimized_path)
+    assert opt.is_file() and report.optimized_checks and all(c.ok for c in report.optimized_checks)
+    assert len(report.optimized_checks) == len(report.checks)
+    x = torch.randn(2, 3, 72, 50)
+    outs = [ort.InferenceSession(p).run(None, {"input": x.numpy()})[0] for p in (report.path, str(opt))]
+    torch.testing.assert_close(torch.from_numpy(outs[1]), torch.from_numpy(outs[0]), **TOL)
+    assert read_metadata(opt)["ort_optimization"] == "extended"
+
+
+def test_fp16_at_64_right_at_far_sizes(tmp_path):
+    """--fp16 at 64 px (BiFormer used to be refused: the TorchScript exporter's bool-mask SDPA mixed float32
+    into the half graph): the fp32 graph converted by onnxruntime's float16 converter, checked at 32, 128 and an
+    odd non-square size against fp32 PyTorch."""
+    from zoo.export import read_metadata
+
+    report = export_onnx("biformer_nano", tmp_path / "bf16.onnx", img_size=64, fp16=True, num_classes=10)
+    assert report.ok and report.precision == "fp16", report.summary()
+    sizes = {c.shape[2:] for c in report.checks}
+    assert {(64, 64), (32, 32), (128, 128)} <= sizes and any(h % 2 and w % 2 and h != w for h, w in sizes)
+    assert report.max_abs < 5e-2 and report.atol == 5e-2
+    model = onnx.load(report.path)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert read_metadata(report.path)["precision"] == "fp16"
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_verified_and_smaller(mode, tmp_path):
+    """int8 through onnxruntime.quantization: the fp32 file is verified, quantized and verified again (relative
+    L2 error of the logits <= 0.1 at every checked size, on Fashion-MNIST images that did not calibrate)."""
+    from zoo.export import OnnxRunner, read_metadata
+
+    report = export_onnx("nat_nano", tmp_path / "q.onnx", img_size=64, num_classes=10, int8=mode,
+                         calibration="fashion_mnist", calibration_count=32)
+    assert report.ok and report.precision == f"int8-{mode}", report.summary()
+    assert report.fp32_checks and all(c.ok for c in report.fp32_checks)
+    assert len(report.checks) == 4 and all(c.rel_l2 is not None and c.rel_l2 <= 0.1 for c in report.checks)
+    assert all(c.top1_agree is not None for c in report.checks)
+    assert report.file_size < 0.6 * report.fp32_file_size
+    model = onnx.load(report.path)
+    ops = {n.op_type for n in model.graph.node}
+    assert ops & ({"DynamicQuantizeLinear", "MatMulInteger"} if mode == "dynamic" else {"QuantizeLinear"}), ops
+    meta = read_metadata(report.path)
+    assert meta["precision"] == f"int8-{mode}" and meta["quantization"]["mode"] == mode
+    assert meta["tolerance"] == "rel L2 <= 0.1 (int8)"
+    if mode == "static":
+        assert meta["quantization"]["calibration_images"] == 32
+    assert OnnxRunner(report.path)(torch.zeros(1, 3, 48, 48))[0].shape == (1, 10)
+
+
+def test_int8_static_needs_calibration(tmp_path):
+    with pytest.raises(ValueError, match="int8='static' needs calibration images"):
+        export_onnx("nat_nano", tmp_path / "q.onnx", int8="static")
+    with pytest.raises(ValueError, match="fp16 or int8, not both"):
+        export_onnx("nat_nano", tmp_path / "q.onnx", int8="dynamic", fp16=True)
+
+
+def test_cli_recipe_checkpoint_class_names(tmp_path, capsys, load_tool):
+    """The classification recipe records the data's class names (hparam class_names, saved in the checkpoint);
+    tools/export.py writes them and the data's mean/std into the file and prints the metadata."""
+    from types import SimpleNamespace
+
+    from recipes.classification import ClassificationModule
+    from zoo.export import read_metadata
+
+    names = ["cat", "dog", "bird"]
+    torch.manual_seed(0)
+    module = ClassificationModule("nat_nano", num_classes=3, img_size=32)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(num_classes=3, classes=names))
+    module.setup("fit")
+    assert module.hparams.class_names == names
+    ckpt = tmp_path / "cls.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "datamodule_hyper_parameters": {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}}, ckpt)
+    out = tmp_path / "cls.onnx"
+    assert load_tool("export").main([str(ckpt), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "metadata (zoo.export.read_metadata)" in text and '["cat", "dog", "bird"]' in text
+    meta = read_metadata(out)
+    assert meta["class_names"] == names and meta["num_classes"] == 3 and meta["model"] == "nat_nano"
+    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["std"] == [0.25, 0.25, 0.25] and meta["crop_pct"] == 1.0
+    assert meta["task"] == "classification" and meta["input_size"] == [3, 32, 32]

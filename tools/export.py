@@ -6,9 +6,14 @@ Examples::
     python tools/export.py maxvit_tiny --checkpoint my.safetensors --head features -o maxvit_feats.onnx
     python tools/export.py runs/seg/last.ckpt -o seg.onnx                 # a recipe (Lightning) checkpoint
     python tools/export.py crossformer_tiny --static-size --img-size 256 --fp16 -o cf.onnx
+    python tools/export.py runs/demo/checkpoints/best.ckpt --int8 static --calibration fashion_mnist -o m.int8.onnx
+    python tools/export.py nat_nano --int8 dynamic --optimized nat_nano.ort.onnx -o nat_nano.int8.onnx
 
 The file is always checked (onnx.checker, onnxruntime vs PyTorch at two batch sizes and, with dynamic H/W,
-two input sizes) unless ``--no-verify``; a mismatch exits with status 1 and says what differed.
+sizes far from the export size) unless ``--no-verify``; a mismatch exits with status 1 and says what differed.
+``--int8`` verifies the fp32 file first, quantizes it with onnxruntime.quantization and verifies the int8 file
+(relative L2 error of the outputs <= ``--int8-tol``). The file's ``zoo.*`` metadata (model, sizes, preprocessing,
+class names of a recipe checkpoint, versions; ``zoo.export.read_metadata``) are printed at the end.
 """
 
 from __future__ import annotations
@@ -36,6 +41,33 @@ def load_recipe_checkpoint(path: Path):
     return load_model(str(path), map_location="cpu")
 
 
+def recipe_metadata(path: Path, info: dict) -> dict:
+    """What a recipe checkpoint knows beyond the network, for the file's metadata: the task, the class names
+    (the module's ``class_names`` hparam, else the ``classes`` of the datamodule's .npz), and the preprocessing
+    of its data (the datamodule's mean/std/interpolation; the recipes' eval transform resizes the whole image:
+    crop_pct 1.0)."""
+    import numpy as np
+
+    from recipes.checkpoint import read_recipe_checkpoint
+
+    hp = info.get("hparams") or {}
+    dm_hp = read_recipe_checkpoint(path).get("datamodule_hyper_parameters") or {}
+    meta: dict = {"task": info.get("task")}
+    names = hp.get("class_names")
+    npz = dm_hp.get("path")
+    if not names and isinstance(npz, str) and npz.endswith(".npz") and Path(npz).is_file():
+        with np.load(npz) as z:
+            names = [str(c) for c in z["classes"]] if "classes" in z.files else None
+    if names:
+        meta["class_names"] = list(names)
+    for key in ("mean", "std", "interpolation"):
+        if dm_hp.get(key) is not None:
+            meta[key] = list(dm_hp[key]) if isinstance(dm_hp[key], (tuple, list)) else dm_hp[key]
+    if info.get("task") in ("classification", None) and "mean" in meta:
+        meta.update(crop_pct=1.0, crop_mode="center")
+    return {k: v for k, v in meta.items() if v is not None}
+
+
 def _size(values: list[int] | None):
     if not values:
         return None
@@ -57,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--static-batch", action="store_true", help="fixed batch axis (default: dynamic)")
     ap.add_argument("--static-size", action="store_true", help="fixed H/W (default: dynamic)")
     ap.add_argument("--fp16", action="store_true", help="export in float16")
+    ap.add_argument("--int8", choices=("dynamic", "static"),
+                    help="quantize with onnxruntime.quantization (static needs --calibration)")
+    ap.add_argument("--calibration",
+                    help="images for static int8 (and int8 verification): 'fashion_mnist', an .npz or an image folder")
+    ap.add_argument("--calibration-count", type=int, default=64, help="calibration images (default 64)")
+    ap.add_argument("--int8-tol", type=float, default=0.1,
+                    help="int8 pass criterion: relative L2 error of the outputs (default 0.1)")
+    ap.add_argument("--optimized", metavar="PATH",
+                    help="also save onnxruntime's optimised graph here (runs in onnxruntime only)")
+    ap.add_argument("--optimization-level", choices=("basic", "extended", "all"), default="extended")
     ap.add_argument("--head", choices=HEADS, default="logits")
     ap.add_argument("--exporter", choices=EXPORTERS, default="auto")
     ap.add_argument("--backend", choices=("sdpa", "reference"), help="zoo.ops path while exporting")
@@ -88,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             if img_size is None and info.get("img_size"):
                 img_size = info["img_size"]
             model_or_name = model
+            kw = dict(metadata={"model": name, **recipe_metadata(src, info)})
             print(f"recipe checkpoint {src.name}: task {info.get('task')}, model {name}, "
                   f"classes {info.get('num_classes')}, img_size {info.get('img_size')}")
         else:
@@ -99,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             model_or_name, output, img_size=img_size, batch_size=args.batch_size, opset=args.opset,
             dynamic_batch=not args.static_batch, dynamic_size=not args.static_size, fp16=args.fp16,
             head=args.head, exporter=args.exporter, backend=args.backend, verify=not args.no_verify,
-            atol=args.atol, rtol=args.rtol, **kw,
+            atol=args.atol, rtol=args.rtol, int8=args.int8, calibration=args.calibration,
+            calibration_count=args.calibration_count, int8_tol=args.int8_tol, optimized_path=args.optimized,
+            optimization_level=args.optimization_level, **kw,
         )
     except (ValueError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)

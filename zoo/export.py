@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import os
 import re
 import shutil
@@ -73,13 +74,17 @@ class Check:
     ok: bool
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     error: str = ""  # onnxruntime failure (e.g. a reshape baked to the export size)
+    rel_l2: float | None = None  # int8 checks: ||a - b|| / ||b|| over each output (worst), the pass criterion
+    top1_agree: float | None = None  # int8 checks of [B, classes] outputs: share of rows with the same argmax
 
     def line(self) -> str:
         shp = "x".join(map(str, self.shape))
         if self.error:
             return f"  input {shp:<16} FAILED in onnxruntime: {self.error}"
         outs = ", ".join("x".join(map(str, s)) for s in self.output_shapes)
-        return (f"  input {shp:<16} -> {outs:<24} max abs {self.max_abs:.2e}  max rel {self.max_rel:.2e}  "
+        extra = "" if self.rel_l2 is None else f"  rel L2 {self.rel_l2:.2e}"
+        extra += "" if self.top1_agree is None else f"  top-1 agree {100 * self.top1_agree:.0f}%"
+        return (f"  input {shp:<16} -> {outs:<24} max abs {self.max_abs:.2e}  max rel {self.max_rel:.2e}{extra}  "
                 f"{'ok' if self.ok else 'MISMATCH'}")
 
 
@@ -108,6 +113,14 @@ class ExportReport:
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (exporter, why it was rejected)
     verified: bool = False
     replaced_pools: int = 0  # nn.AdaptiveAvgPool2d(size > 1) exported as pooling-matrix products (dynamic H/W)
+    precision: str = "fp32"  # "fp32", "fp16", "int8-dynamic" or "int8-static"
+    metadata: dict[str, Any] = field(default_factory=dict)  # what read_metadata(path) returns
+    int8_tol: float | None = None  # int8: pass criterion rel L2 <= int8_tol (see export_onnx)
+    fp32_file_size: int | None = None  # int8: size of the verified fp32 file it was quantized from
+    fp32_checks: list[Check] = field(default_factory=list)  # int8: the fp32 file's checks before quantizing
+    optimized_path: str | None = None  # onnxruntime's optimised graph, when asked for
+    optimized_checks: list[Check] = field(default_factory=list)
+    quantization: dict[str, Any] = field(default_factory=dict)  # int8: what quantize_int8 did
 
     @property
     def max_abs(self) -> float:
@@ -119,7 +132,8 @@ class ExportReport:
 
     @property
     def ok(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
+        return (bool(self.checks) and all(c.ok for c in self.checks)
+                and all(c.ok for c in self.fp32_checks + self.optimized_checks))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -132,18 +146,34 @@ class ExportReport:
         lines = [
             f"{self.model} -> {self.path}",
             f"  exporter {self.exporter}, opset {self.opset}, head {self.head}, input {self.input_size}, "
-            f"dynamic {', '.join(dyn) or 'none'}, {'fp16' if self.fp16 else 'fp32'}, zoo.ops path {self.backend}",
+            f"dynamic {', '.join(dyn) or 'none'}, {self.precision}, zoo.ops path {self.backend}",
             f"  {size}, exported in {self.export_seconds:.1f} s",
         ]
+        if self.fp32_file_size:
+            lines[-1] += (f"; the fp32 file was {self.fp32_file_size / 2**20:.1f} MiB "
+                          f"({self.file_size / self.fp32_file_size:.2f}x)")
         if self.replaced_pools:
             lines.append(f"  {self.replaced_pools} AdaptiveAvgPool2d(size > 1) exported as pooling-matrix products")
         for exporter, why in self.attempts:
             lines.append(f"  (rejected {exporter}: {why})")
+        if self.fp32_checks:
+            lines.append(f"  fp32 file before quantizing, onnxruntime vs PyTorch (pass: |a-b| <= {self.atol:g} + "
+                         f"{self.rtol:g}·|b|):")
+            lines += [c.line() for c in self.fp32_checks]
         if self.checks:
-            lines.append(f"  onnxruntime vs PyTorch (pass: |a-b| <= {self.atol:g} + {self.rtol:g}·|b|):")
+            crit = (f"rel L2 = ||a-b||/||b|| <= {self.int8_tol:g}" if self.int8_tol is not None
+                    else f"|a-b| <= {self.atol:g} + {self.rtol:g}·|b|")
+            lines.append(f"  {self.precision} file, onnxruntime vs PyTorch fp32 (pass: {crit}):")
             lines += [c.line() for c in self.checks]
         elif not self.verified:
             lines.append("  not verified (verify=False)")
+        if self.optimized_path:
+            lines.append(f"  onnxruntime's optimised graph -> {self.optimized_path} (runs in onnxruntime only):")
+            lines += [c.line() for c in self.optimized_checks]
+        if self.metadata:
+            lines.append("  metadata (zoo.export.read_metadata):")
+            lines += [f"    {k}: {_short(json.dumps(v) if not isinstance(v, str) else v, 200)}"
+                      for k, v in self.metadata.items()]
         return "\n".join(lines)
 
 
@@ -517,6 +547,406 @@ def verify_onnx(
     return checks
 
 
+# ------------------------------------------------------------------------------ metadata and runners
+METADATA_PREFIX = "zoo."
+# values stored as plain strings; every other zoo.* value is JSON
+_STRING_KEYS = {"model", "task", "head", "exporter", "precision", "version", "torch_version", "onnxruntime_version",
+                "interpolation", "crop_mode", "input", "size_note", "tolerance", "ort_optimization"}
+FASHION_MNIST_NPZ = Path(__file__).resolve().parents[1] / "data" / "fashion_mnist" / "fashion_mnist_subset.npz"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+INT8_MODES = ("dynamic", "static")
+OPTIMIZATION_LEVELS = ("basic", "extended", "all")
+
+
+def write_metadata(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """Record ``meta`` in the file's ``metadata_props`` as ``zoo.<key>``: strings as they are, anything else as
+    JSON (the convention of ``recipes.predictions.write_onnx_metadata``, which tools/predict.py reads). Keys
+    already there are replaced, other entries kept; the graph and the weights are not touched."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    props = {METADATA_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for k, v in [*kept, *props.items()]:
+        model.metadata_props.add(key=k, value=v)
+    tmp = path.with_name(f".{path.name}.meta-tmp")
+    try:
+        onnx.save_model(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``zoo.*`` metadata of an exported file as a dict (prefix dropped, JSON values decoded): ``model``,
+    ``input_size`` [C, H, W], ``img_size``, ``dynamic_batch``, ``dynamic_hw``, ``min_size`` [H, W],
+    ``verified_sizes`` [[H, W], ...], ``size_note``, ``mean``, ``std``, ``interpolation``, ``crop_pct``,
+    ``crop_mode``, ``class_names`` / ``num_classes`` where known, ``precision``, ``exporter``, ``opset``, ``version``
+    (zoo), ``torch_version``, ``onnxruntime_version``, ``tolerance`` and, for int8 files, ``quantization``.
+    Entries other tools wrote without the prefix are returned under their full key, as strings."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no ONNX file at {str(path)!r}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ValueError(f"cannot read {str(path)!r} as an ONNX file: {_short(e)}") from e
+    out: dict[str, Any] = {}
+    for p in model.metadata_props:
+        if not p.key.startswith(METADATA_PREFIX):
+            out[p.key] = p.value
+            continue
+        key = p.key[len(METADATA_PREFIX):]
+        if key in _STRING_KEYS:
+            out[key] = p.value
+            continue
+        try:
+            out[key] = json.loads(p.value)
+        except ValueError:
+            out[key] = p.value
+    return out
+
+
+def check_input_size(meta: dict[str, Any], shape: Sequence[int]) -> None:
+    """Raise ValueError when an input of ``shape`` ``[B, C, H, W]`` is outside what the file (its metadata,
+    :func:`read_metadata`) accepts: another channel count, a size below ``min_size``, another size than a
+    static export's, or a size that is not a multiple of ``size_multiple``. The graph itself would run at a
+    size below the minimum and answer something; this is the guard that says no."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 4:
+        raise ValueError(f"the model takes images as [batch, channels, height, width]; got an input of shape {shape}")
+    _, c, h, w = shape
+    c0, h0, w0 = (meta.get("input_size") or (None, None, None))[-3:]
+    if c0 is not None and c != c0:
+        raise ValueError(f"input {'x'.join(map(str, shape))} has {c} channels; the model takes {c0}")
+    if meta.get("dynamic_hw") is False and h0 is not None and (h, w) != (h0, w0):
+        raise ValueError(f"input {h}x{w}: this file was exported with a static size {h0}x{w0} and takes only that; "
+                         f"resize the images to {h0}x{w0}, or export with dynamic H/W (tools/export.py without "
+                         "--static-size)")
+    mh, mw = (meta.get("min_size") or (0, 0))[-2:]
+    if h < mh or w < mw:
+        raise ValueError(f"input {h}x{w} is smaller than the model's minimum size {mh}x{mw} (zoo.min_size in the "
+                         f"file's metadata); resize or pad the images to at least {mh}x{mw}")
+    m = int(meta.get("size_multiple") or 1)
+    if m > 1 and (h % m or w % m):
+        raise ValueError(f"input {h}x{w}: this model takes sizes that are multiples of {m} (zoo.size_multiple); "
+                         f"pad the images to {-(-h // m) * m}x{-(-w // m) * m}")
+
+
+class OnnxRunner:
+    """An exported file in onnxruntime that checks every input against the file's metadata first
+    (:func:`check_input_size`: a clear ValueError instead of an answer outside the valid size range) and feeds
+    it in the file's input type (float16 files take float32 arrays too).
+
+    >>> run = OnnxRunner("m.onnx")
+    >>> logits = run(x)[0]          # x: [B, C, H, W] numpy array or torch tensor
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+        import numpy as np
+        import onnxruntime as ort
+
+        self.path = str(path)
+        self.meta = read_metadata(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or max(1, torch.get_num_threads())
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(self.path, opts, providers=list(providers))
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    def __call__(self, x: Any) -> list:
+        import numpy as np
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        check_input_size(self.meta, x.shape)
+        return self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})
+
+
+def _preprocessing(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """mean, std, interpolation, crop_pct, crop_mode: ``overrides`` (e.g. a recipe's data settings) first,
+    else the model's pretrained_cfg; only what is known."""
+    out = {}
+    for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode"):
+        v = overrides.get(k, cfg.get(k))
+        if v is not None:
+            out[k] = list(v) if isinstance(v, (tuple, list)) else v
+    return out
+
+
+def load_images(
+    source: str | os.PathLike,
+    count: int,
+    input_size: Sequence[int],
+    *,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+    crop_mode: str = "center",
+    offset: int = 0,
+    seed: int = 0,
+) -> Any:
+    """``count`` images of ``source`` preprocessed the way the model expects (timm's eval transform: resize,
+    crop, normalise) → float32 ``[count, C, H, W]``.
+
+    ``source``: ``"fashion_mnist"`` (the embedded subset, data/fashion_mnist), an ``.npz`` (array ``x_train``,
+    else ``x_test`` / ``x``: uint8 ``[N, H, W]`` or ``[N, H, W, C]``) or a folder searched recursively for image
+    files. The images are a seeded random choice; ``offset`` skips the first ``offset`` of that order (the
+    verification images after the calibration images are then different images)."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform
+
+    c, h, w = (tuple(input_size) if len(input_size) == 3 else (3, *input_size))
+    src = FASHION_MNIST_NPZ if str(source) == "fashion_mnist" else Path(source)
+    need = offset + count
+    if src.suffix == ".npz":
+        if not src.is_file():
+            raise ValueError(f"calibration data {str(src)!r} does not exist"
+                             + (" (the embedded Fashion-MNIST subset ships with the repository)"
+                                if src == FASHION_MNIST_NPZ else ""))
+        with np.load(src) as z:
+            key = next((k for k in ("x_train", "x_test", "x") if k in z.files), None)
+            if key is None:
+                raise ValueError(f"{src.name} has no image array x_train / x_test / x (arrays: {z.files})")
+            arr = z[key]
+        order = np.random.default_rng(seed).permutation(len(arr))
+        items: list[Any] = [arr[i] for i in order[offset:need]]
+        n_found = len(arr)
+    elif src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        order = np.random.default_rng(seed).permutation(len(files))
+        items = [files[i] for i in order[offset:need]]
+        n_found = len(files)
+    else:
+        raise ValueError(f"calibration data {str(source)!r}: expected 'fashion_mnist', an .npz file or a folder of "
+                         f"images ({', '.join(_IMAGE_SUFFIXES)})")
+    if n_found < need:
+        raise ValueError(f"{str(source)!r} holds {n_found} images; {need} are needed ({offset} + {count}); give more "
+                         "images or a smaller calibration count")
+    tf = create_transform(input_size=(c, h, w), is_training=False, interpolation=interpolation, mean=tuple(mean),
+                          std=tuple(std), crop_pct=crop_pct, crop_mode=crop_mode)
+    out = []
+    for item in items:
+        try:
+            img = Image.fromarray(item) if isinstance(item, np.ndarray) else Image.open(item)
+            img = img.convert("RGB" if c == 3 else "L")
+        except Exception as e:
+            raise ValueError(f"cannot read image {item if isinstance(item, Path) else 'in ' + str(src)}: "
+                             f"{_short(e)}") from e
+        out.append(tf(img).numpy())
+    return np.stack(out).astype(np.float32)
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, mode: str, calibration: Any = None,
+                  batch: int = 8) -> dict[str, Any]:
+    """Quantize the fp32 file ``src`` to int8 at ``dst`` with onnxruntime's tools; returns what was done.
+
+    Both modes first run ``quant_pre_process`` (ONNX shape inference and onnxruntime's graph optimisation; its
+    symbolic shape inference is skipped: it does not complete on graphs with dynamic H/W).
+
+    - ``"dynamic"``: ``quantize_dynamic``: the weights of MatMul/Gemm (the attention and MLP projections, most of
+      the parameters) become int8; activations are quantized at run time from their observed range (uint8).
+      Convolutions stay fp32. No calibration data needed.
+    - ``"static"``: ``quantize_static`` in QDQ format: Conv, MatMul (with a constant weight only:
+      ``MatMulConstBOnly``, so the attention products q·kᵀ and p·v stay float) and Gemm; weights int8 per
+      channel, activations uint8 with ranges from MinMax calibration over ``calibration`` (float32
+      ``[N, C, H, W]``, preprocessed as the model expects, e.g. :func:`load_images`, or a list of such arrays
+      of different sizes), in batches of ``batch``.
+    """
+    import logging
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode not in INT8_MODES:
+        raise ValueError(f"int8 mode must be one of {INT8_MODES}, got {mode!r}")
+    if isinstance(calibration, (list, tuple)):
+        calibration = [a for a in calibration if len(a)]
+    if mode == "static" and (calibration is None or len(calibration) == 0):
+        raise ValueError("static int8 needs calibration images: an image folder, an .npz or 'fashion_mnist' "
+                         "(tools/export.py --calibration); or use --int8 dynamic, which needs none")
+    info: dict[str, Any] = {"mode": mode, "tool": f"onnxruntime.quantization {ort.__version__}"}
+    src, dst = Path(src), Path(dst)
+    prev = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # the quantizer logs every node it skips at WARNING
+    try:
+        with tempfile.TemporaryDirectory(prefix=".zoo-int8-", dir=dst.parent) as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            try:
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                info["pre_process"] = "quant_pre_process (ONNX shape inference + onnxruntime optimisation)"
+            except Exception as e:  # quantize the exported graph as it is
+                pre = src
+                info["pre_process"] = f"skipped (quant_pre_process failed: {_short(e, 200)})"
+            if mode == "dynamic":
+                quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
+                                 weight_type=QuantType.QInt8)
+                info.update(op_types=["MatMul", "Gemm"], weights="int8 per tensor",
+                            activations="uint8, range measured at run time")
+            else:
+                import onnx
+
+                in_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+
+                arrays = calibration if isinstance(calibration, (list, tuple)) else [calibration]
+                batches = [a[i:i + batch] for a in arrays for i in range(0, len(a), batch)]
+
+                class _Reader(CalibrationDataReader):
+                    def __init__(self) -> None:
+                        self._it = iter(batches)
+
+                    def get_next(self) -> dict | None:
+                        b = next(self._it, None)
+                        return None if b is None else {in_name: b}
+
+                quantize_static(str(pre), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax, extra_options={"MatMulConstBOnly": True})
+                info.update(op_types=["Conv", "MatMul (constant weight)", "Gemm"], format="QDQ",
+                            weights="int8 per channel", activations="uint8, MinMax calibration",
+                            calibration_images=int(sum(len(a) for a in arrays)),
+                            calibration_sizes=[list(a.shape[-2:]) for a in arrays])
+    finally:
+        logging.disable(prev)
+    return info
+
+
+def verify_int8(
+    path: str | os.PathLike,
+    module: nn.Module,
+    sizes: Sequence[tuple[int, int]],
+    in_chans: int,
+    *,
+    images: Any = None,
+    batch: int = 8,
+    tol: float = 0.1,
+    seed: int = 0,
+) -> list[Check]:
+    """Run an int8 file in onnxruntime next to ``module`` (fp32 PyTorch) at each (H, W) of ``sizes``.
+
+    Inputs: ``images`` (float32 ``[N, C, H, W]``, preprocessed, resized bilinearly to each size) or, without
+    them, ``batch`` random normal images. Pass criterion per check: the relative L2 error
+    ``||a - b|| / ||b||`` of every output is at most ``tol`` (int8 rounding is spread over all values, so an
+    elementwise tolerance would have to be loose everywhere); for ``[B, classes]`` outputs the share of rows
+    whose top-1 class agrees is reported too."""
+    import numpy as np
+
+    run = OnnxRunner(path)
+    gen = torch.Generator().manual_seed(seed)
+    checks = []
+    for h, w in sizes:
+        if images is not None:
+            x = torch.from_numpy(_resize(images[:batch], (h, w)))
+        else:
+            x = torch.randn(batch, in_chans, h, w, generator=gen)
+        with torch.no_grad():
+            refs = [r.float().numpy() for r in _flatten(module(x))]
+        try:
+            outs = run.session.run(None, {run.input_name: x.numpy()})
+        except Exception as e:
+            checks.append(Check(tuple(x.shape), float("inf"), float("inf"), False, [], _short(e, 240)))
+            continue
+        rel = max_abs = max_rel = 0.0
+        agree = None
+        for o, r in zip(outs, refs):
+            o = o.astype(np.float32)
+            if o.shape != r.shape:
+                checks.append(Check(tuple(x.shape), float("inf"), float("inf"), False, [],
+                                    f"output shape {o.shape} != PyTorch {r.shape}"))
+                break
+            d = np.abs(o - r)
+            max_abs = max(max_abs, float(d.max(initial=0.0)))
+            max_rel = max(max_rel, float((d / (np.abs(r) + 1e-4)).max(initial=0.0)))
+            rel = max(rel, float(np.linalg.norm(o - r) / max(float(np.linalg.norm(r)), 1e-12)))
+            if r.ndim == 2 and r.shape[1] > 1 and agree is None:
+                agree = float((o.argmax(1) == r.argmax(1)).mean())
+        else:
+            checks.append(Check(tuple(x.shape), max_abs, max_rel, rel <= tol, [tuple(o.shape) for o in outs], "",
+                                rel_l2=rel, top1_agree=agree))
+    return checks
+
+
+def save_optimized(src: str | os.PathLike, dst: str | os.PathLike, level: str = "extended") -> None:
+    """Write onnxruntime's optimised graph of ``src`` to ``dst`` (``SessionOptions.optimized_model_filepath``):
+    constant folding and node fusions done once instead of at every session start. ``"basic"`` keeps standard
+    ONNX ops; ``"extended"`` (default) adds onnxruntime's fused contrib ops, so the file runs in onnxruntime only;
+    ``"all"`` also adds layout changes specific to the CPU it was made on. Load it with the same onnxruntime
+    version on the same kind of machine."""
+    import onnxruntime as ort
+
+    if level not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"optimization level must be one of {OPTIMIZATION_LEVELS}, got {level!r}")
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[level]
+    opts.optimized_model_filepath = str(dst)
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+
+
+def _to_fp16(path: Path) -> None:
+    """Convert the fp32 file at ``path`` (and any external data next to it) to float16 in place with
+    onnxruntime's converter (inputs and outputs float16 too). Converting the verified fp32 graph instead of
+    tracing a ``.half()`` model: the TorchScript exporter writes SDPA with a bool mask (BiFormer's small-region
+    routed attention) with float32 constants, which turns part of a half graph float32 and makes it invalid."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(path), load_external_data=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # values beyond the float16 range are clamped (the check decides)
+        model = convert_float_to_float16(model, keep_io_types=False)
+    om = OnnxModel(model)
+    om.topological_sort()  # the converter appends its Cast nodes out of order
+    for extra in path.parent.iterdir():
+        if extra != path:
+            extra.unlink()
+    if om.model.ByteSize() < _PROTOBUF_LIMIT:
+        onnx.save_model(om.model, str(path))
+    else:
+        onnx.save_model(om.model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data")
+
+
+def _resize(images: Any, hw: tuple[int, int]) -> Any:
+    """float32 ``[N, C, H, W]`` resized bilinearly to ``hw`` (as the int8 checks feed other sizes)."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    if len(x) and tuple(x.shape[-2:]) != tuple(hw):
+        x = F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False)
+    return x.numpy()
+
+
+def _file_size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
 def export_onnx(
     model_or_name: str | nn.Module,
     path: str | os.PathLike,
@@ -540,6 +970,13 @@ def export_onnx(
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    int8: str | None = None,
+    calibration: str | os.PathLike | None = None,
+    calibration_count: int = 64,
+    int8_tol: float = 0.1,
+    metadata: dict[str, Any] | None = None,
+    optimized_path: str | os.PathLike | None = None,
+    optimization_level: str = "extended",
     verbose: bool = False,
 ) -> ExportReport:
     """Export a model to ONNX and verify it in onnxruntime; returns an :class:`ExportReport`.
@@ -553,8 +990,9 @@ def export_onnx(
         in_chans: input channels; default from the model's cfg, else 3.
         opset: ONNX opset (default 18; the dynamo exporter needs >= 18).
         dynamic_batch, dynamic_size: make batch / H and W dynamic axes; both are verified at two values.
-        fp16: export in float16 (model and input); checked against the fp32 PyTorch model (default
-            tolerance 5e-2 instead of 1e-4).
+        fp16: a float16 file (weights, input and output): the fp32 graph converted by onnxruntime's float16
+            converter (valid wherever the fp32 graph is), checked against the fp32 PyTorch model at the same sizes
+            (default tolerance 5e-2 instead of 1e-4).
         head: ``"logits"``, ``"pre_logits"`` or ``"features"`` (stage maps of ``features_only``, NCHW).
             For a module that is not a timm-style backbone only ``"logits"`` (its ``forward``) applies.
         exporter: ``"auto"`` (TorchScript, then dynamo if that fails to export or to verify),
@@ -570,7 +1008,25 @@ def export_onnx(
             not a multiple of 32 (:func:`default_check_sizes`), or another multiple of the stride for models
             that refuse other sizes (smp segmentation models, :func:`required_input_multiple`).
         atol, rtol: tolerance of the comparison (default 1e-4, fp16 5e-2).
+        int8: ``"dynamic"`` or ``"static"``: the fp32 file is exported and verified as usual, then quantized with
+            onnxruntime's tools (:func:`quantize_int8`) and verified again (:func:`verify_int8`: relative L2 error
+            of the outputs at most ``int8_tol``, at the same sizes, on real images when ``calibration`` is given,
+            else on random ones); ``path`` is then the int8 file.
+        calibration: images for static int8 (and real verification images for either mode): ``"fashion_mnist"``,
+            an ``.npz`` or an image folder (:func:`load_images`), preprocessed with the model's mean/std/crop.
+            ``calibration_count`` images calibrate; the next 8 of the seeded order verify.
+        metadata: entries that extend or override the file's ``zoo.*`` metadata (e.g. a recipe's
+            ``class_names``, ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``task``); the preprocessing ones
+            are also used for the calibration images.
+        optimized_path: also write onnxruntime's optimised graph there (:func:`save_optimized` at
+            ``optimization_level``), verified like the file itself.
         verbose: print the summary.
+
+    The file carries ``zoo.*`` metadata (:func:`read_metadata`): model, export size, valid sizes (``min_size``
+    from the model's ``pretrained_cfg["min_input_size"]``, else 32; ``verified_sizes``, the sizes checked against
+    PyTorch; ``dynamic_hw``; no upper bound is claimed), preprocessing (mean, std, interpolation, crop), class
+    names where known, precision, exporter, opset and the zoo/torch/onnxruntime versions. :class:`OnnxRunner`
+    enforces the size range.
     Raises:
         ValueError: bad arguments (unknown model, checkpoint of another architecture, unwritable path, ...).
         ExportError: no exporter produced a file that matches PyTorch (the message lists each attempt).
@@ -585,8 +1041,22 @@ def export_onnx(
         raise ValueError(f"opset must be an int >= 7 (onnxruntime's oldest), got {opset!r}; default 18")
     if exporter == "dynamo" and opset < 18:
         raise ValueError(f"the dynamo exporter writes opset >= 18, got opset={opset}; use exporter='torchscript'")
+    if int8 is not None and int8 not in INT8_MODES:
+        raise ValueError(f"int8 must be one of {INT8_MODES} (or None), got {int8!r}")
+    if int8 and fp16:
+        raise ValueError("give fp16 or int8, not both")
+    if int8 == "static" and calibration is None:
+        raise ValueError("int8='static' needs calibration images: calibration='fashion_mnist', an .npz or an image "
+                         "folder; int8='dynamic' needs none")
+    if optimization_level not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"optimization_level must be one of {OPTIMIZATION_LEVELS}, got {optimization_level!r}")
     path = Path(path)
     _check_writable(path)
+    if optimized_path is not None:
+        optimized_path = Path(optimized_path)
+        if optimized_path.resolve() == path.resolve():
+            raise ValueError("optimized_path must differ from path (the portable file is kept as well)")
+        _check_writable(optimized_path)
 
     if isinstance(model_or_name, str):
         model_name = model_or_name
@@ -616,8 +1086,6 @@ def export_onnx(
     model.eval()
     ref = _Flat(HeadWrapper(model, head)).eval()
     mod, n_pools = replace_adaptive_pools(ref) if dynamic_size else (ref, 0)
-    mod = copy.deepcopy(mod).half() if fp16 else mod
-    dtype = torch.float16 if fp16 else torch.float32
     atol = atol if atol is not None else (5e-2 if fp16 else 1e-4)
     rtol = rtol if rtol is not None else (5e-2 if fp16 else 1e-4)
 
@@ -654,7 +1122,7 @@ def export_onnx(
     shapes += [(b, c0) + tuple(sizes[0]) for b in batches[1:]]
     shapes += [(batches[-1], c0) + tuple(s) for s in sizes[1:]]
 
-    n_bytes = sum(p.numel() * (2 if fp16 else p.element_size()) for p in model.parameters())
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     big = n_bytes >= _PROTOBUF_LIMIT
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     if exporter == "auto" and opset < 18:
@@ -663,7 +1131,14 @@ def export_onnx(
     # a batch of 1 in the example would be specialised by torch.export (0/1 specialisation): trace with >= 2
     example_batch = max(batch_size, 2) if dynamic_batch else batch_size
     x = torch.randn(example_batch, c0, h0, w0, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    x = x.to(dtype)
+    overrides = dict(metadata or {})
+    prep = _preprocessing(cfg, overrides)
+    images = None
+    if int8 and calibration is not None:
+        images = load_images(calibration, calibration_count + 8, (c0, h0, w0), **{
+            "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear",
+            "crop_pct": 1.0, "crop_mode": "center", **prep}, seed=seed)
+    precision = f"int8-{int8}" if int8 else ("fp16" if fp16 else "fp32")
     try:
         for name in order:
             path_backend = backend or ("sdpa" if name == "torchscript" else "reference")
@@ -678,6 +1153,8 @@ def export_onnx(
                         else:
                             _export_dynamo(mod, x, tmp, opset, in_names, out_names, dynamic_batch,
                                            dynamic_size, big)
+                    if fp16:
+                        _to_fp16(tmp)
                 except Exception as e:
                     msg = str(e)
                     attempts.append((name, _opset_hint(msg, opset) or f"export failed: {type(e).__name__}: "
@@ -694,10 +1171,24 @@ def export_onnx(
                 backend=path_backend, input_names=in_names, output_names=out_names,
                 file_size=sum(f.stat().st_size for f in files), external_data=external,
                 export_seconds=seconds, atol=atol, rtol=rtol, attempts=list(attempts),
-                replaced_pools=n_pools,
+                replaced_pools=n_pools, precision=precision,
             )
-            if not verify:
+
+            def finish(report: ExportReport) -> ExportReport:
+                if int8:
+                    _quantize_in_place(report, ref, sizes, c0, int8, images, calibration_count, int8_tol, seed)
+                meta = _file_metadata(report, model, cfg, prep, overrides, min_size, sizes if verify else [],
+                                      required_input_multiple(ref), calibration, head)
+                write_metadata(path, meta)
+                report.metadata = read_metadata(path)
+                report.file_size = _file_size(path)
+                if optimized_path is not None:
+                    _optimize(report, optimized_path, optimization_level, ref, shapes, sizes, c0, images,
+                              int8_tol, meta, verify, seed)
                 return _done(report, verbose)
+
+            if not verify:
+                return finish(report)
             import onnx
 
             try:
@@ -708,7 +1199,7 @@ def export_onnx(
             report.checks = verify_onnx(path, ref, shapes, atol=atol, rtol=rtol, fp16=fp16, seed=seed + 1)
             report.verified = True
             if report.ok:
-                return _done(report, verbose)
+                return finish(report)
             bad = [c for c in report.checks if not c.ok]
             why = "; ".join(
                 f"input {'x'.join(map(str, c.shape))}: " + (c.error or f"max abs {c.max_abs:.2e}, rel {c.max_rel:.2e}")
@@ -724,6 +1215,112 @@ def export_onnx(
                           f"dynamic batch={dynamic_batch}, H/W={dynamic_size}, head={head}):\n{lines}")
     finally:
         model.train(was_training)
+
+
+def _quantize_in_place(report: ExportReport, ref: nn.Module, sizes: list[tuple[int, int]], c0: int, mode: str,
+                       images: Any, calibration_count: int, tol: float, seed: int) -> None:
+    """The verified fp32 file at ``report.path`` becomes the int8 file (:func:`quantize_int8`), verified with
+    :func:`verify_int8`; ExportError (and no file) when it differs from PyTorch beyond ``tol``."""
+    path = Path(report.path)
+    if report.external_data:
+        raise ExportError(f"{report.model}: int8 quantization of a file with external data (weights over 2 GB) is "
+                          "not supported here; quantize it with onnxruntime.quantization directly")
+    tmp = path.with_name(f".{path.stem}.int8-tmp.onnx")
+    calib = None
+    if images is not None:  # spread over the sizes the file claims: activation ranges differ with the size
+        calib = [_resize(images[:calibration_count][k::len(sizes)], hw) for k, hw in enumerate(sizes)]
+    try:
+        info = quantize_int8(path, tmp, mode, calibration=calib)
+        report.fp32_checks, report.fp32_file_size = report.checks, report.file_size
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report.file_size = _file_size(path)
+    report.int8_tol = tol
+    report.quantization = info
+    if not report.verified:
+        return
+    verify_images = images[calibration_count:] if images is not None else None
+    report.checks = verify_int8(path, ref, sizes, c0, images=verify_images, tol=tol, seed=seed + 2)
+    info["verified_on"] = "images after the calibration ones" if verify_images is not None else "random images"
+    if not all(c.ok for c in report.checks):
+        bad = "; ".join(f"input {'x'.join(map(str, c.shape))}: " + (c.error or f"rel L2 {c.rel_l2:.3f}")
+                        for c in report.checks if not c.ok)
+        path.unlink(missing_ok=True)
+        raise ExportError(f"the {mode} int8 file of {report.model} differs from PyTorch beyond rel L2 {tol:g}: {bad}. "
+                          "Try the other int8 mode, more or more typical calibration images, or fp16")
+
+
+def _file_metadata(report: ExportReport, model: nn.Module, cfg: dict[str, Any], prep: dict[str, Any],
+                   overrides: dict[str, Any], min_size: int, sizes: list[tuple[int, int]], multiple: int,
+                   calibration: Any, head: str) -> dict[str, Any]:
+    """The ``zoo.*`` entries of an exported file (see :func:`read_metadata`)."""
+    import onnxruntime as ort
+
+    from . import __version__
+
+    c0, h0, w0 = report.input_size
+    min_hw = list((cfg.get("min_input_size") or (c0, min_size, min_size))[-2:])
+    if not report.dynamic_size:
+        min_hw = [h0, w0]
+    verified = [list(s) for s in sizes] if report.verified else []
+    if not report.dynamic_size:
+        note = f"static H/W: takes {h0}x{w0} only"
+    elif verified:
+        note = (f"dynamic H/W: the graph takes any size >= {min_hw[0]}x{min_hw[1]}; checked against PyTorch at "
+                f"{', '.join(f'{h}x{w}' for h, w in verified)}; no upper bound was checked")
+    else:
+        note = f"dynamic H/W, not verified: sizes >= {min_hw[0]}x{min_hw[1]} are accepted"
+    meta: dict[str, Any] = {"model": report.model, "head": head}
+    if head == "logits" and getattr(model, "num_classes", 0) and hasattr(model, "pretrained_cfg"):
+        meta["task"] = "classification"
+        meta["num_classes"] = int(model.num_classes)
+    meta.update({
+        "input_size": [c0, h0, w0], "img_size": h0 if h0 == w0 else [h0, w0],
+        "dynamic_batch": report.dynamic_batch, "dynamic_hw": report.dynamic_size,
+        "min_size": min_hw, "verified_sizes": verified, "size_note": note,
+    })
+    if multiple > 1:
+        meta["size_multiple"] = multiple
+    meta.update(prep)
+    if prep.get("mean") is not None:
+        meta["input"] = "normalized"
+    meta.update({
+        "precision": report.precision, "exporter": report.exporter, "opset": report.opset, "version": __version__,
+        "torch_version": torch.__version__, "onnxruntime_version": ort.__version__,
+    })
+    if report.verified:
+        meta["tolerance"] = (f"rel L2 <= {report.int8_tol:g} (int8)" if report.int8_tol is not None
+                             else f"|a-b| <= {report.atol:g} + {report.rtol:g}*|b|")
+    info = report.quantization
+    if info:
+        meta["quantization"] = {**info, **({"calibration": str(calibration)} if calibration is not None else {})}
+    meta.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items() if v is not None})
+    if isinstance(meta.get("class_names"), list):
+        meta.setdefault("num_classes", len(meta["class_names"]))
+    return meta
+
+
+def _optimize(report: ExportReport, dst: Path, level: str, ref: nn.Module, shapes: list, sizes: list, c0: int,
+              images: Any, tol: float, meta: dict[str, Any], verify: bool, seed: int) -> None:
+    """onnxruntime's optimised graph of the final file at ``dst``, verified like the file, with its metadata."""
+    dst.unlink(missing_ok=True)
+    save_optimized(report.path, dst, level)
+    report.optimized_path = str(dst)
+    if verify:
+        if report.int8_tol is not None:
+            vimgs = images[-8:] if images is not None else None
+            report.optimized_checks = verify_int8(dst, ref, sizes, c0, images=vimgs, tol=tol, seed=seed + 2)
+        else:
+            report.optimized_checks = verify_onnx(dst, ref, shapes, atol=report.atol, rtol=report.rtol,
+                                                  fp16=report.fp16, seed=seed + 1)
+        if not all(c.ok for c in report.optimized_checks):
+            bad = "; ".join(f"input {'x'.join(map(str, c.shape))}: "
+                            + (c.error or f"max abs {c.max_abs:.2e}") for c in report.optimized_checks if not c.ok)
+            dst.unlink(missing_ok=True)
+            raise ExportError(f"onnxruntime's optimised graph ({level}) of {report.model} differs from PyTorch: {bad}; "
+                              "the unoptimised file is fine: use it, or a lower optimization level")
+    write_metadata(dst, {**meta, "ort_optimization": level})
 
 
 def _done(report: ExportReport, verbose: bool) -> ExportReport:
@@ -747,7 +1344,8 @@ def measure_latency(
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = torch.randn(*shape)
-    feed = {sess.get_inputs()[0].name: x.numpy().astype(np.float32)}
+    inp = sess.get_inputs()[0]
+    feed = {inp.name: x.numpy().astype(np.float16 if inp.type == "tensor(float16)" else np.float32)}
 
     def median_ms(fn) -> float:
         for _ in range(warmup):
