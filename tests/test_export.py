@@ -240,10 +240,54 @@ def test_cli_recipe_checkpoint(tmp_path, capsys, load_tool):
 
 # ------------------------------------------------------------------------------- other exporters
 @heavy
-def test_export_dynamo(tmp_path):
-    report = export_onnx("nat_nano", tmp_path / "dy.onnx", exporter="dynamo", img_size=96, num_classes=10)
+@pytest.mark.parametrize("name", ["nat_nano", "dinat_nano", "biformer_nano", "agent_pvt_t", "agent_deit_t"])
+def test_export_dynamo(name, tmp_path):
+    """These families stay dynamic in H/W through torch.export: right far from the export size (docs/onnx.md)."""
+    report = export_onnx(name, tmp_path / "dy.onnx", exporter="dynamo", img_size=96, num_classes=10)
     _check_report(report)
     assert report.exporter == "dynamo" and report.backend == "reference"
+
+
+@pytest.mark.parametrize("name, dim", [
+    *[(n, d) for n in ("crossformer_nano", "maxvit_nano") for d in ("DYNAMIC", "AUTO", "named")],
+    ("agent_swin_nano", "DYNAMIC"),  # (traces three agent stages before its window stage: slower)
+])
+def test_torch_export_dynamic_hw_refused_where_it_would_specialise(name, dim):
+    """Window/grid attention cannot keep H/W symbolic under torch.export (it would specialise them to the
+    example: a silently wrong graph with Dim.AUTO/DYNAMIC); the model refuses and points to tools/export.py."""
+    from torch.export import Dim
+
+    model = timm.create_model(name, num_classes=10).eval()
+    d = {"DYNAMIC": lambda n: Dim.DYNAMIC, "AUTO": lambda n: Dim.AUTO, "named": lambda n: Dim(n)}[dim]
+    with pytest.raises(zoo.ops.DynamicSizeExportError, match="tools/export.py"):
+        torch.export.export(model, (torch.randn(2, 3, 64, 64),),
+                            dynamic_shapes={"x": {0: d("b"), 2: d("h"), 3: d("w")}})
+
+
+def test_torch_onnx_dynamo_export_refuses_with_a_pointer(tmp_path):
+    """torch.onnx.export(dynamo=True, dynamic_shapes=...), the route a user reaches first, used to write a file
+    silently fixed at the example size for CrossFormer; it now fails (both torch.export attempts, non-strict and
+    strict) with the message that points to tools/export.py, and writes nothing."""
+    from torch.export import Dim
+
+    model = timm.create_model("crossformer_nano", num_classes=10).eval()
+    path = tmp_path / "cf.onnx"
+    with pytest.raises(Exception, match="tools/export.py"):
+        torch.onnx.export(model, (torch.randn(2, 3, 64, 64),), str(path), dynamo=True,
+                          dynamic_shapes={"x": {0: Dim("b"), 2: Dim("h"), 3: Dim("w")}})
+    assert not path.exists()
+
+
+def test_torch_export_static_hw_is_not_refused():
+    """Static H/W (dynamic batch only) exports and matches eager at the export size."""
+    from torch.export import Dim
+
+    model = timm.create_model("crossformer_nano", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ep = torch.export.export(model, (x,), dynamic_shapes={"x": {0: Dim("b", max=64), 2: None, 3: None}})
+    y = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(y), model(y), **TOL)
 
 
 @heavy

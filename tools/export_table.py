@@ -180,6 +180,15 @@ def write_markdown(results: dict, names: list[str], meta: dict, path: Path, fmni
         f"{meta['threads']} CPU thread(s), {meta['cpu']} (a shared 2-core machine: other jobs ran at the same time, "
         f"so latencies are indicative); torch {meta['torch']}, onnxruntime {meta['ort']}.",
         "",
+        "`torch.export` and `torch.onnx.export(dynamo=True)` with dynamic H/W: NAT, DiNAT, BiFormer, Agent-PVT and ",
+        "Agent-DeiT trace with symbolic H/W and their files are right far from the example size (checked with ",
+        "`export_onnx(exporter=\"dynamo\")` at 64..448 px for nat_nano, dinat_nano, biformer_nano, agent_pvt_t, ",
+        "agent_deit_t: `make test-heavy`). MaxViT, CrossFormer and Agent-Swin (window/grid attention, whose ",
+        "padding and partition shapes torch.export would specialise to the example size) refuse dynamic H/W there ",
+        "with `zoo.ops.DynamicSizeExportError`, which points to `tools/export.py` (the TorchScript exporter below ",
+        "keeps them dynamic); strict `torch.export` refuses them at any shape; static H/W export works. Under any ",
+        "exporter the ops take their export-safe paths by themselves (no backend needs forcing).",
+        "",
         "| model | params (M) | exports | exporter | dynamic H/W | valid sizes (px) | max abs err | max rel err "
         "| file (MiB) | ORT ms | PyTorch ms |",
         "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",

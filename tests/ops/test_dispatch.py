@@ -54,3 +54,27 @@ def test_auto_on_cpu_picks_sdpa():
     assert ops.last_path("attention") == "sdpa"
     impl = _dispatch.select("attention", torch.device("cpu"), torch.float32)
     assert impl.backend == "sdpa"
+
+
+def test_torch_export_takes_the_reference_path_by_itself():
+    """Under torch.export (also the dynamo ONNX exporter) the ops pick their export-safe path without the caller
+    forcing a backend: the reference (SDPA with a learnable bias is mis-traced there); a forced sdpa is honoured."""
+
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.zeros(1, 2, 4, 4))
+
+        def forward(self, q):
+            return ops.attention(q, q, q, self.bias)
+
+    q = torch.randn(1, 2, 4, 8)
+    ops.attention(q, q, q, torch.zeros(1, 2, 4, 4))
+    assert ops.last_path("attention") == "sdpa"  # eager default on CPU
+
+    def has_sdpa(ep) -> bool:
+        return any("scaled_dot_product" in str(n.target) for n in ep.graph.nodes)
+
+    assert not has_sdpa(torch.export.export(Attn(), (q,)))
+    with ops.use_backend("sdpa"):
+        assert has_sdpa(torch.export.export(Attn(), (q,)))

@@ -168,6 +168,7 @@ class PartitionAttention(nn.Module):
         size = self.size if size is None else _pair(size)
         interval = self.interval if interval is None else _pair(interval)
         B, H, W, C = x.shape
+        ops.refuse_symbolic_sizes(f"{type(self).__name__} ({partition} attention)", H, W)
         x, pad = ops.pad_to_multiple(x, self._multiple(partition, size, interval))
         Hp, Wp = x.shape[1], x.shape[2]
         groups, group = self._split(x, partition, size, interval)

@@ -113,6 +113,7 @@ class ShiftedWindowAttention(PartitionAttention):
         if x.dim() != 4:
             raise ValueError(f"ShiftedWindowAttention expects [B, H, W, C], got shape {tuple(x.shape)}")
         B, H, W, C = x.shape
+        ops.refuse_symbolic_sizes(f"{type(self).__name__} (Swin window attention)", H, W)
         tracing = ops.is_tracing()
         if tracing:  # the eager choice below as arithmetic on the traced size (the graph keeps it dynamic)
             small = ops.size_min(H, W)

@@ -23,7 +23,7 @@ from .partition import (
     window_partition,
 )
 from .routed import routed_attention, routing_indices
-from .sizes import greater, is_traced, size_max, size_min
+from .sizes import DynamicSizeExportError, greater, is_traced, refuse_symbolic_sizes, size_max, size_min
 
 __all__ = [
     "BACKENDS",
@@ -44,5 +44,7 @@ __all__ += ["adaptive_avg_pool2d_matmul", "agent_attention"]
 __all__ += ["routed_attention", "routing_indices"]
 __all__ += ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
 __all__ += ["is_tracing", "valid_map"]
-__all__ += ["greater", "is_traced", "roll_map", "size_max", "size_min"]
+__all__ += [
+    "DynamicSizeExportError", "greater", "is_traced", "refuse_symbolic_sizes", "roll_map", "size_max", "size_min"
+]
 __all__ += ["ACTIVATIONS", "BatchNormStats", "conv2d", "fold_batchnorm", "linear"]

@@ -109,9 +109,12 @@ def select(op: str, device: torch.device, dtype: torch.dtype, **kw) -> Impl:
     """Choose the implementation of ``op`` for this call and remember it for :func:`last_path`."""
     impls = _REGISTRY[op]
     impl = None
-    if _is_exporting():
-        # export: only the portable paths. A forced "reference" (or "sdpa") is honoured; default sdpa.
-        want = forced_backend() if forced_backend() in ("reference", "sdpa") else "sdpa"
+    if _is_exporting() or torch.compiler.is_exporting():
+        # export: only the portable paths. A forced "reference" (or "sdpa") is honoured; by default sdpa for
+        # the TorchScript tracer, and the reference for torch.export (the dynamo ONNX exporter too), which
+        # mis-tracks the output strides of SDPA with a learnable bias: the caller need not force anything.
+        default = "sdpa" if _is_exporting() else "reference"
+        want = forced_backend() if forced_backend() in ("reference", "sdpa") else default
         impl = impls.get(want) if want in impls and impls[want].supports(device, dtype, **kw) else None
         impl = impl or impls["reference"]
     else:

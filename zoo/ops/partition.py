@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import is_tracing
+from .sizes import is_traced
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -27,6 +28,8 @@ def _check_map(op: str, x: torch.Tensor, size: tuple[int, int], what: str) -> No
     if x.dim() != 4:
         raise ValueError(f"{op}: x must be [B, H, W, C], got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
     H, W = x.shape[1], x.shape[2]
+    if is_traced(H, W, *size):  # a Python check on a traced size would be a guard (or baked): trust the caller
+        return
     if H % size[0] or W % size[1]:
         raise ValueError(
             f"{op}: map {H}x{W} is not divisible by the {what} {size[0]}x{size[1]}; "
@@ -43,7 +46,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int]) -> tuple[t
     """
     mh, mw = _pair(multiple)
     H, W = x.shape[1], x.shape[2]
-    pad_h, pad_w = (-H) % mh, (-W) % mw
+    # ceil(H / m)·m - H rather than (-H) % m: the same number, but the padded size is then a multiple of m
+    # by construction, which lets torch.export prove the partition reshapes for every H (no guard)
+    pad_h, pad_w = (H + mh - 1) // mh * mh - H, (W + mw - 1) // mw * mw - W
     if is_tracing() or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x, (pad_h, pad_w)

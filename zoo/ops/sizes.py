@@ -32,6 +32,33 @@ def is_traced(*xs: Size) -> bool:
     return any(isinstance(x, (torch.Tensor, torch.SymInt)) for x in xs)
 
 
+class DynamicSizeExportError(NotImplementedError):
+    """``torch.export`` was asked for dynamic H/W on a block whose graph would silently specialise them."""
+
+
+def refuse_symbolic_sizes(what: str, *sizes: Size) -> None:
+    """Raise :class:`DynamicSizeExportError` if ``torch.export`` traces ``sizes`` symbolically (dynamic H/W).
+
+    For blocks whose padding/partition shapes ``torch.export`` cannot keep symbolic: it would specialise
+    them to the example size (``Dim.AUTO``/``Dim.DYNAMIC``: a graph that is silently wrong or refuses other
+    sizes at run time) or fail with a constraint violation that does not say what to do. The TorchScript
+    ONNX exporter keeps them dynamic, and ``tools/export.py`` verifies the file far from the export size.
+    Static shapes (no dynamic H/W) are not affected: the sizes are then plain ints. Strict ``torch.export``
+    (``strict=True``; also the dynamo ONNX exporter's second attempt) traces with dynamo, which shows a
+    dynamic size as a plain int, so there every export through such a block is refused.
+    """
+    if not torch.compiler.is_exporting():
+        return
+    if torch.compiler.is_dynamo_compiling() or any(isinstance(s, torch.SymInt) for s in sizes):
+        raise DynamicSizeExportError(
+            f"{what}: torch.export cannot keep H/W dynamic through this block (its window padding and "
+            f"partition reshapes would be specialised to the example size, giving a graph that is wrong or "
+            f"refused at other sizes). For an ONNX file with dynamic H/W use `python tools/export.py <model> "
+            f"-o model.onnx` (zoo.export.export_onnx: TorchScript exporter, checked in onnxruntime far from "
+            f"the export size); for torch.export, pass static H/W (dynamic_shapes with the batch axis only)."
+        )
+
+
 def _traced_tensor(*xs: Size) -> bool:
     return any(isinstance(x, torch.Tensor) for x in xs)
 
@@ -55,4 +82,4 @@ def greater(a: Size, b: Size) -> Size:
     return size_min(size_max(a - b, 0), 1)
 
 
-__all__ = ["greater", "is_traced", "pair", "size_max", "size_min"]
+__all__ = ["DynamicSizeExportError", "greater", "is_traced", "pair", "refuse_symbolic_sizes", "size_max", "size_min"]
