@@ -301,7 +301,13 @@ def _run(args: argparse.Namespace, given: set[str], out: Path) -> None:
     import zoo  # noqa: F401 - registers the zoo models
     from recipes.checkpoint import load_model
     from recipes.classification import ClassificationModule
-    from recipes.common import AtomicCheckpointIO, CheckpointWriteError, default_callbacks, default_loggers
+    from recipes.common import (
+        AtomicCheckpointIO,
+        CheckpointWriteError,
+        DataSkipError,
+        default_callbacks,
+        default_loggers,
+    )
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -345,7 +351,7 @@ def _run(args: argparse.Namespace, given: set[str], out: Path) -> None:
     t_fit = time.perf_counter()
     try:
         trainer.fit(module, dm, ckpt_path=str(resume_from) if resume_from else None)
-    except CheckpointWriteError as err:  # disk full: one line, not 40 frames
+    except (CheckpointWriteError, DataSkipError) as err:  # disk full, data unreadable: one line, not 40 frames
         raise SystemExit(f"error: {err}") from None
     fit_s = time.perf_counter() - t_fit
     best = trainer.checkpoint_callback.best_model_path or str(out / "checkpoints" / "last.ckpt")
@@ -605,7 +611,13 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     import torch
 
     from recipes.checkpoint import load_model
-    from recipes.common import AtomicCheckpointIO, CheckpointWriteError, default_callbacks, default_loggers
+    from recipes.common import (
+        AtomicCheckpointIO,
+        CheckpointWriteError,
+        DataSkipError,
+        default_callbacks,
+        default_loggers,
+    )
 
     key = "det-deepforest" if args.task == "det" and args.data == "deepforest" else args.task
     for k, v in {**DEFAULTS, **DENSE_DEFAULTS[key]}.items():
@@ -647,7 +659,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     t_fit = time.perf_counter()
     try:
         trainer.fit(module, dm, ckpt_path=str(resume_from) if resume_from else None)
-    except CheckpointWriteError as err:
+    except (CheckpointWriteError, DataSkipError) as err:
         raise SystemExit(f"error: {err}") from None
     fit_s = time.perf_counter() - t_fit
     best = trainer.checkpoint_callback.best_model_path or str(out / "checkpoints" / "last.ckpt")

@@ -38,10 +38,10 @@ def main(args: list[str] | None = None) -> RecipeCLI:
 
 if __name__ == "__main__":
     from recipes.checkpoint import NothingToResumeError
-    from recipes.common import CheckpointWriteError
+    from recipes.common import CheckpointWriteError, DataSkipError
 
     try:
         main()
-    except (CheckpointWriteError, NothingToResumeError) as err:  # say what and what to do, not 40 frames
+    except (CheckpointWriteError, DataSkipError, NothingToResumeError) as err:  # say what and what to do, not 40 frames
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -89,3 +89,20 @@ def test_resume_takes_the_settings_from_the_checkpoint(tmp_path, demo, capsys):
     assert "zoo demo: test_resnet" in printed and "lr 0.01" in printed and "1 epochs" in printed
     with pytest.raises(SystemExit, match=r"--model 'nat_nano' \(the run has 'test_resnet'\)"):
         demo.main(["--out", str(out), "--resume", "--model", "nat_nano"])
+
+
+def test_unreadable_training_data_ends_with_one_clear_line(tmp_path, demo):
+    """A folder whose every image is unreadable stops the run with the data error as one line (SystemExit with
+    the message), not a traceback or 'trained 0 steps' and a score."""
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            d = data / split / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                (d / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(SystemExit) as exc:
+        demo.main([*TINY, "--data", str(data), "--out", str(tmp_path / "out")])
+    msg = str(exc.value.code)
+    assert msg.startswith("error: ") and "skipped" in msg and "train" in msg, msg
+    assert "\n" not in msg.strip() or len(msg.splitlines()) < 15, msg
