@@ -45,10 +45,10 @@ def _manual(m, x, prefix=None):
     q, k, v = (z.reshape(B, -1, h, d) for z in (q, k, v))
     an = F.interpolate(m.an_bias, size=(H, W), mode="bilinear").reshape(h, n, H * W)
     na = F.interpolate(m.na_bias, size=(H, W), mode="bilinear").reshape(h, n, H * W)
-    ah = _linear_1d(m.ah_bias[0, :, :, :, 0], H)  # [h, n, H]
-    aw = _linear_1d(m.aw_bias[0, :, :, 0, :], W)  # [h, n, W]
-    ha = _linear_1d(m.ha_bias[0, :, :, 0, :].transpose(1, 2), H)  # [h, n, H]
-    wa = _linear_1d(m.wa_bias[0, :, 0, :, :].transpose(1, 2), W)  # [h, n, W]
+    ah = _linear_1d(m.ah_bias[:, :, :, 0], H)  # [h, n, H]
+    aw = _linear_1d(m.aw_bias[:, :, 0, :], W)  # [h, n, W]
+    ha = _linear_1d(m.ha_bias[:, :, 0, :].transpose(1, 2), H)  # [h, n, H]
+    wa = _linear_1d(m.wa_bias[:, 0, :, :].transpose(1, 2), W)  # [h, n, W]
     ab = an + (ah[..., :, None] + aw[..., None, :]).reshape(h, n, H * W)  # [h, n, HW]
     qb = (na + (ha[..., :, None] + wa[..., None, :]).reshape(h, n, H * W)).transpose(1, 2)  # [h, HW, n]
     if P:
@@ -101,7 +101,7 @@ def test_bias_resize_is_identity_at_training_size():
     # 7x7 an/na at a 7x7 map, and the agent-grid resize at the trained grid, are exact identities too
     m7 = _randomize(AgentAttention(8, 2, agent_num=4, train_size=7, agent_shape=2))
     ab7, _ = m7.position_biases((7, 7))
-    expect7 = (m7.an_bias + (m7.ah_bias + m7.aw_bias)[0]).reshape(1, 2, 4, 49)
+    expect7 = (m7.an_bias + (m7.ah_bias + m7.aw_bias)).reshape(1, 2, 4, 49)
     torch.testing.assert_close(ab7, expect7, rtol=0, atol=0)
     # other sizes: new shapes, parameters untouched
     before = {k: v.clone() for k, v in m.state_dict().items()}
@@ -126,7 +126,7 @@ def test_downstream_agent_shape_resizes_biases_along_the_agent_grid():
 
 def test_pvt_spatial_reduction_any_size():
     m = _randomize(AgentAttention(8, 2, agent_num=4, train_size=6, qkv_layout="q_kv", sr_ratio=2))
-    assert m.ah_bias.shape == (1, 2, 4, 3, 1) and m.ha_bias.shape == (1, 2, 6, 1, 4)
+    assert m.ah_bias.shape == (2, 4, 3, 1) and m.ha_bias.shape == (2, 6, 1, 4)
     for hw in [(6, 6), (7, 5), (2, 2)]:
         x = torch.randn(2, *hw, 8, requires_grad=True)
         y = m(x)
@@ -225,8 +225,31 @@ def test_meta_construction_with_official_keys_and_shapes(flavour):
         m = AgentAttention(**kwargs)
     sd = m.state_dict()
     assert list(sd) == list(keys)  # names and order of the official state dict
-    assert {k: tuple(v.shape) for k, v in sd.items()} == keys
+    # shapes: the official ones, but ah/aw/ha/wa_bias without their leading 1 (rank 4: channels_last works)
+    rank4 = {k: s[1:] if k in ("ah_bias", "aw_bias", "ha_bias", "wa_bias") else s for k, s in keys.items()}
+    assert {k: tuple(v.shape) for k, v in sd.items()} == rank4
     assert all(v.is_meta for v in sd.values())
+
+
+@pytest.mark.parametrize("flavour", sorted(OFFICIAL))
+def test_official_rank5_biases_load_and_channels_last(flavour):
+    kwargs, keys = OFFICIAL[flavour]
+    small = {**kwargs, "dim": 2 * kwargs["num_heads"], "train_size": 8 if kwargs["train_size"] > 8 else 4}
+    if small["agent_num"] == 49:
+        small["agent_num"] = 4
+    m = AgentAttention(**small).eval()
+    ref = _randomize(AgentAttention(**small))
+    official = {k: v.unsqueeze(0) if v.dim() == 4 and k in ("ah_bias", "aw_bias", "ha_bias", "wa_bias") else v
+                for k, v in ref.state_dict().items()}
+    assert official["ah_bias"].dim() == 5
+    m.load_state_dict(official)  # the official rank-5 layout loads as is
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values()))
+    x = torch.randn(2, 6, 5, small["dim"])
+    prefix = torch.randn(2, 1, small["dim"]) if small.get("cls_token") else None
+    want = ref(x, prefix) if prefix is not None else ref(x)
+    m.to(memory_format=torch.channels_last)  # raised "required rank 4 tensor" with rank-5 parameters
+    got = m(x, prefix) if prefix is not None else m(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_arguments_raise_one_clear_error_each():

@@ -296,8 +296,8 @@ def test_converter_resizes_resolution_dependent_tensors():
     with torch.device("meta"):
         dst = timm.create_model("agent_swin_nano", img_size=256)
     out = A.checkpoint_filter_fn(src.state_dict(), dst)
-    ah = src.stages[0].blocks[0].attn.ah_bias.detach()  # [1, h, n, 56, 1]
-    ref = torch.nn.functional.interpolate(ah[0].permute(0, 1, 3, 2).reshape(1, -1, 56), size=64,
+    ah = src.stages[0].blocks[0].attn.ah_bias.detach()  # [h, n, 56, 1]
+    ref = torch.nn.functional.interpolate(ah.permute(0, 1, 3, 2).reshape(1, -1, 56), size=64,
                                           mode="linear", align_corners=False)
     torch.testing.assert_close(out["stages.0.blocks.0.attn.ah_bias"].reshape(1, -1, 64), ref)
 

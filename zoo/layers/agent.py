@@ -10,9 +10,11 @@ and PVT's optional spatial reduction:
 - DeiT (``agent_deit.py``): ``qkv, proj, dwc`` + the six biases + ``ac_bias, ca_bias`` (class token).
 
 Bias shapes (``h`` heads, ``n = p²`` agents, training map ``H0×W0``, ``s`` = ``sr_ratio``):
-``an_bias, na_bias: [h, n, 7, 7]``; ``ah_bias: [1, h, n, H0/s, 1]``; ``aw_bias: [1, h, n, 1, W0/s]``;
-``ha_bias: [1, h, H0, 1, n]``; ``wa_bias: [1, h, 1, W0, n]``; DeiT ``ac_bias: [1, h, n, 1]``,
-``ca_bias: [1, h, 1, n]``.
+``an_bias, na_bias: [h, n, 7, 7]``; ``ah_bias: [h, n, H0/s, 1]``; ``aw_bias: [h, n, 1, W0/s]``;
+``ha_bias: [h, H0, 1, n]``; ``wa_bias: [h, 1, W0, n]``; DeiT ``ac_bias: [1, h, n, 1]``,
+``ca_bias: [1, h, 1, n]``. Every parameter is at most rank 4, so ``model.to(memory_format=torch.channels_last)``
+works; the official files hold ``ah/aw/ha/wa_bias`` with a leading 1 (rank 5), which
+:func:`official_agent_bias` squeezes and loading (``load_state_dict``) accepts as well.
 
 Semantics (official): the agents are the queries (before scaling) average-pooled to a ``p×p`` grid;
 ``agent_bias = interp(an_bias) + (ah_bias + aw_bias)`` on the agent→key logits and
@@ -48,6 +50,16 @@ def _pair(x: int | tuple[int, int], name: str) -> tuple[int, int]:
     if len(t) != 2 or min(t) < 1:
         raise ValueError(f"AgentAttention: {name} must be a positive int or (h, w) pair, got {x!r}")
     return t
+
+
+# the biases the official code stores as rank 5 ([1, ...]) and the zoo as rank 4
+RANK5_BIASES = ("ah_bias", "aw_bias", "ha_bias", "wa_bias")
+
+
+def official_agent_bias(t: torch.Tensor) -> torch.Tensor:
+    """An ``ah/aw/ha/wa_bias`` in the zoo's rank-4 shape: the official ``[1, ...]`` rank-5 tensor squeezed,
+    a rank-4 one unchanged."""
+    return t[0] if t.dim() == 5 and t.shape[0] == 1 else t
 
 
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -135,10 +147,11 @@ class AgentAttention(nn.Module):
         # parameters first, in the official order (an, na, ah, aw, ha, wa[, ac, ca]), then the submodules
         self.an_bias = nn.Parameter(torch.empty(h, n, 7, 7, **dd))
         self.na_bias = nn.Parameter(torch.empty(h, n, 7, 7, **dd))
-        self.ah_bias = nn.Parameter(torch.empty(1, h, n, H0 // s, 1, **dd))
-        self.aw_bias = nn.Parameter(torch.empty(1, h, n, 1, W0 // s, **dd))
-        self.ha_bias = nn.Parameter(torch.empty(1, h, H0, 1, n, **dd))
-        self.wa_bias = nn.Parameter(torch.empty(1, h, 1, W0, n, **dd))
+        # the official [1, ...] rank-5 shapes without the leading 1: rank 4 at most, so channels_last works
+        self.ah_bias = nn.Parameter(torch.empty(h, n, H0 // s, 1, **dd))
+        self.aw_bias = nn.Parameter(torch.empty(h, n, 1, W0 // s, **dd))
+        self.ha_bias = nn.Parameter(torch.empty(h, H0, 1, n, **dd))
+        self.wa_bias = nn.Parameter(torch.empty(h, 1, W0, n, **dd))
         if cls_token:
             self.ac_bias = nn.Parameter(torch.empty(1, h, n, 1, **dd))
             self.ca_bias = nn.Parameter(torch.empty(1, h, 1, n, **dd))
@@ -162,6 +175,14 @@ class AgentAttention(nn.Module):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # official files and zoo files written before the rank-4 storage hold ah/aw/ha/wa_bias as [1, ...]
+        for name in RANK5_BIASES:
+            key = prefix + name
+            if key in state_dict:
+                state_dict[key] = official_agent_bias(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _agent_resize(self, b: torch.Tensor) -> torch.Tensor:
         """``[h, p·p, N]`` → ``[h, a, N]`` resized along the agent grid to ``agent_shape`` (downstream)."""
         p = self.pool_size
@@ -183,10 +204,10 @@ class AgentAttention(nn.Module):
         h, n = self.num_heads, self.agent_num
         kv_hw = hw if kv_hw is None else kv_hw
         # agent -> key: interp(an_bias) + interp(ah_bias + aw_bias), both to the key map
-        ab = _resize(self.an_bias, kv_hw) + _resize((self.ah_bias + self.aw_bias).squeeze(0), kv_hw)
+        ab = _resize(self.an_bias, kv_hw) + _resize(self.ah_bias + self.aw_bias, kv_hw)
         ab = self._agent_resize(ab.reshape(h, n, -1))  # [h, a, Nk]
         # query -> agent: interp(na_bias) + interp(ha_bias + wa_bias), both to the query map
-        hw_bias = (self.ha_bias + self.wa_bias).squeeze(0).permute(0, 3, 1, 2)  # [h, n, H0, W0]
+        hw_bias = (self.ha_bias + self.wa_bias).permute(0, 3, 1, 2)  # [h, n, H0, W0]
         qb = _resize(self.na_bias, hw) + _resize(hw_bias, hw)
         qb = self._agent_resize(qb.reshape(h, n, -1)).transpose(1, 2)  # [h, Nq, a]
         if self.cls_token:

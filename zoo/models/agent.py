@@ -44,6 +44,7 @@ from ..layers import (
     PatchMerging,
     RelPosBias,
 )
+from ..layers.agent import RANK5_BIASES, official_agent_bias
 from ..layers.mlp import linear_act
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
 from ._convert import check_fits, map_keys, unwrap_state_dict
@@ -784,6 +785,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
                 f"checkpoint_filter_fn(agent): {len(unmatched)} official Agent-{layout} keys have no mapping "
                 f"(unsupported options such as ape, or another model): {unmatched}"
             )
+    # the official (and older zoo) rank-5 [1, ...] ah/aw/ha/wa biases -> the zoo's rank-4 storage
+    out = {k: official_agent_bias(v) if k.rsplit(".", 1)[-1] in RANK5_BIASES else v for k, v in out.items()}
     if model is not None:
         out = _fit_to_model(out, model)
         expected = model.state_dict()
