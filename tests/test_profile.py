@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from zoo.profile import count_macs, count_params, model_macs
+from zoo.profile import count_macs, count_params, model_macs, peak_memory
 
 
 def test_conv_and_linear_macs_are_exact():
@@ -35,3 +35,24 @@ def test_paper_figures(name, gmacs):
     params, macs = model_macs(name)
     assert round(macs / 1e9, 1) == pytest.approx(gmacs, abs=0.1)
     assert params > 0
+
+
+def test_peak_memory_is_the_peak_of_one_call():
+    """Two 4 MB temporaries alive at once, then one freed before a third: peak 8 MB, whatever ran before (a
+    larger allocation earlier in the process does not hide it, as a process-wide peak resident set would)."""
+    import torch
+
+    x = torch.randn(1000, 1000)
+
+    def call():
+        a = x * 2
+        b = a + 1
+        del a
+        return (b @ b).sum()
+
+    big = torch.empty(50_000_000, dtype=torch.uint8).fill_(1)  # 50 MB, freed before the measurement
+    del big
+    first, second = peak_memory(call), peak_memory(call)
+    assert first == second
+    assert 8_000_000 <= first < 8_000_000 + 4096, first
+    assert 4_000_000 <= peak_memory(lambda: (x * 2).sum()) < 4_000_000 + 4096

@@ -1,5 +1,5 @@
 """Model cost figures as the papers report them: parameters and multiply-adds ("FLOPs" in the papers'
-tables, i.e. fvcore-style MACs).
+tables, i.e. fvcore-style MACs); and the peak memory of one call (:func:`peak_memory`).
 
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` while the model runs its *reference*
 paths, so attention is counted as the matmuls it is (SDPA and fused kernels count as 0 in the counters),
@@ -16,7 +16,53 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import ops
 
-__all__ = ["count_macs", "count_params", "model_macs"]
+__all__ = ["count_macs", "count_params", "model_macs", "peak_memory"]
+
+
+def peak_memory(fn, device: torch.device | str = "cpu") -> int | None:
+    """Peak bytes of tensor memory allocated by one call of ``fn()`` above what was allocated before it.
+
+    CUDA: the caching allocator's peak (``max_memory_allocated``). CPU: PyTorch's CPU allocations and frees as the
+    profiler records them (``profile_memory=True``), counted from the start of the call; tensors that existed
+    before the call (weights, inputs) are not in the figure, everything the call allocates is, freed or not.
+    This is per call and does not depend on what ran earlier in the process, unlike the process's peak
+    resident set (a high-water mark an earlier, larger model leaves behind). Returns None where neither applies.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    if device.type != "cpu":
+        return None
+    import json
+    import os
+    import tempfile
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Each allocation and free is one "[memory]" event of the trace (+/- bytes; in the in-memory event list an
+    # allocation is folded into the op that made it, so a temporary freed inside an op would be invisible).
+    # Blocks from before the call were never counted, so their frees are not either.
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f).get("traceEvents", [])
+    finally:
+        os.remove(path)
+    events = sorted((e for e in trace if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0),
+                    key=lambda e: e.get("ts", 0))
+    live = peak = 0
+    for e in events:
+        live += int(e["args"].get("Bytes", 0))
+        peak = max(peak, live)
+    return peak
+
 
 
 def count_params(model: nn.Module) -> int:

@@ -17,6 +17,12 @@ def test_bench_models_tiny_run_and_resume(tmp_path, capsys, load_tool):
     kinds = {(r["runner"], r["kind"]) for r in res["rows"]}
     assert kinds == {(a, b) for a in ("zoo default", "zoo reference") for b in ("infer", "train")}
     assert all(r["img_per_s"] > 0 and r["gmacs"] > 0 for r in res["rows"])
+    # every row's peak memory is real (it used to read 0 after an earlier, larger step): a training step
+    # allocates more than an inference step of the same runner
+    peak = {(r["runner"], r["kind"]): r["peak_mem_mb"] for r in res["rows"]}
+    assert all(v is not None and v > 0 for v in peak.values()), peak
+    assert all(peak[(a, "train")] > peak[(a, "infer")] for a in ("zoo default", "zoo reference")), peak
+    assert "| — |" not in doc.with_suffix(".md").read_text()
     assert doc.with_suffix(".md").is_file() and doc.with_suffix(".png").is_file()
     assert tool.main(args + ["--resume"]) == 0
     assert "nat_nano: kept from" in capsys.readouterr().out
