@@ -15,6 +15,11 @@ path is skipped (its interpreter is for tests only).
     python tools/bench_ops.py --out out/bench_ops.json [--backward] [--ops attention,routed_attention]
     python tools/bench_ops.py --out docs/bench_ops_fwd.json --md docs/bench_ops.md   # table, appended per mode
     python tools/bench_ops.py --device cuda --dtype bfloat16 --backward --out out/bench_ops_cuda.json
+    python tools/bench_ops.py --overhead [--md docs/bench_ops.md]   # the dispatcher's Python cost per call
+
+``--overhead`` times the dispatcher's Python cost instead: a 1x1 ``zoo.ops.linear`` called in a loop against
+``F.linear`` on the same tensors (inference, no grad, CPU), blocks of calls interleaved, and the same op forced
+onto the reference path (the same F.linear underneath, so the difference is the dispatch alone).
 """
 
 from __future__ import annotations
@@ -178,24 +183,45 @@ def _on_path(fn: Callable, backend: str, grad: bool) -> Callable:
 
 
 def _peak_cpu_mib(fn: Callable, backward: bool) -> float | None:
-    """Peak bytes allocated during one run on the CPU, from the profiler's memory events (allocations and frees
-    through PyTorch's CPU allocator, counted from the start of the run), in MiB."""
-    import os
-    import tempfile
+    """Peak MiB of tensor memory one run allocates on the CPU (:func:`zoo.profile.peak_memory`: the profiler's
+    allocation and free events of that run)."""
+    from zoo.profile import peak_memory
 
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
-        _run_once(fn, backward)
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        events = json.loads(Path(path).read_text()).get("traceEvents", [])
-    finally:
-        os.remove(path)
-    totals = [e["args"]["Total Allocated"] for e in events
-              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0]
-    return round(max([0, *totals]) / 2**20, 2) if totals else None
+    peak = peak_memory(lambda: _run_once(fn, backward), "cpu")
+    return None if peak is None else round(peak / 2**20, 2)
+
+
+def dispatch_overhead(calls: int = 2000, repeats: int = 15) -> dict:
+    """Microseconds per call of ``F.linear``, ``zoo.ops.linear`` (default path) and ``zoo.ops.linear`` forced onto
+    the reference path, on a 1x1 linear (``x [1, 1]``, ``weight [1, 1]``, ``bias [1]``) under ``no_grad``: the
+    median over ``repeats`` blocks of ``calls`` calls, the three interleaved block by block."""
+    import torch.nn.functional as F
+
+    x, w, b = torch.randn(1, 1), torch.randn(1, 1), torch.randn(1)
+
+    def forced_reference():
+        with ops.use_backend("reference"):
+            for _ in range(calls):
+                ops.linear(x, w, b)
+
+    loops = {
+        "F.linear": lambda: [F.linear(x, w, b) for _ in range(calls)],
+        "zoo.ops.linear": lambda: [ops.linear(x, w, b) for _ in range(calls)],
+        "zoo.ops.linear (reference forced)": forced_reference,
+    }
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    with torch.no_grad():
+        for fn in loops.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in loops.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) / calls * 1e6)
+        ops.linear(x, w, b)
+    us = {name: statistics.median(t) for name, t in times.items()}
+    return {"us_per_call": us, "path": ops.last_path("linear"), "calls": calls, "repeats": repeats,
+            "ratio": {name: t / us["F.linear"] for name, t in us.items()}}
 
 
 def markdown(result: dict) -> str:
@@ -230,9 +256,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--md", help="append a markdown table of this run to this file")
+    ap.add_argument("--overhead", action="store_true",
+                    help="time the dispatcher's Python overhead (1x1 zoo.ops.linear vs F.linear) instead")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.overhead:
+        res = dispatch_overhead(repeats=max(args.repeats, 5))
+        lines = [f"## dispatch overhead, cpu ({platform.processor() or platform.machine()}, "
+                 f"{torch.get_num_threads()} thread(s)), torch {torch.__version__}", "",
+                 f"1x1 linear under no_grad, median of {res['repeats']} interleaved blocks of {res['calls']} calls; "
+                 f"default path: {res['path']}.", "", "| call | us/call | x F.linear |", "|---|---:|---:|"]
+        lines += [f"| {name} | {us:.2f} | {res['ratio'][name]:.2f} |" for name, us in res["us_per_call"].items()]
+        print("\n".join(lines))
+        if args.md:
+            with Path(args.md).open("a") as f:
+                f.write("\n".join(lines) + "\n\n")
+        return
     torch.manual_seed(0)
     global DEVICE, DTYPE
     DEVICE = device = torch.device(args.device)
