@@ -53,11 +53,11 @@ DEFAULTS = dict(model="crossformer_nano", epochs=10, img_size=32, batch_size=64,
 # detection / segmentation (--task det|seg); "det-deepforest" with --data deepforest. The measured runs and why
 # these values: docs/recipes.md.
 DENSE_DEFAULTS = {
-    "det": dict(model="crossformer_nano", epochs=3, img_size=64, batch_size=8, lr=5e-4, weight_decay=0.05,
-                detector="fasterrcnn", fpn_channels=64, scenes_train=1200, scenes_val=200),
-    "det-deepforest": dict(model="crossformer_nano", epochs=10, img_size=320, batch_size=4, lr=5e-4,
+    "det": dict(model="crossformer_nano", epochs=4, img_size=64, batch_size=8, lr=1e-3, weight_decay=0.05,
+                detector="fasterrcnn", fpn_channels=64, scenes_train=2000, scenes_val=200),
+    "det-deepforest": dict(model="crossformer_nano", epochs=8, img_size=224, batch_size=4, lr=1e-3,
                            weight_decay=0.05, detector="fasterrcnn", fpn_channels=64),
-    "seg": dict(model="crossformer_nano", epochs=3, img_size=64, batch_size=8, lr=1e-3, weight_decay=0.01,
+    "seg": dict(model="crossformer_nano", epochs=10, img_size=64, batch_size=8, lr=1e-3, weight_decay=0.01,
                 fpn_channels=64, scenes_train=1200, scenes_val=200),
 }
 DEEPFOREST = REPO / "data" / "deepforest"
@@ -523,24 +523,21 @@ def _draw_predictions(model: Any, dm: Any, task: str, class_names: list[str], pn
     return save_png(grid(cells, nrow=4, cell=192), png)
 
 
-class _DetectorForOnnx:
-    """Factory of the exported detector: ``[1, 3, H, W]`` RGB 0..1 -> ``(boxes [N, 4] xyxy, labels [N] 1..K,
-    scores [N])``; torchvision's transform (normalise, resize, pad) and postprocessing are in the graph."""
+def _detector_for_onnx(detector: Any) -> Any:
+    """The exported detector: ``[1, 3, H, W]`` RGB 0..1 -> ``(boxes [N, 4] xyxy, labels [N] 1..K, scores [N])``;
+    torchvision's transform (normalise, resize, pad) and postprocessing are in the graph."""
+    from torch import nn
 
-    @staticmethod
-    def make(detector: Any) -> Any:
-        from torch import nn
+    class DetectorForOnnx(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.detector = detector
 
-        class DetectorForOnnx(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.detector = detector
+        def forward(self, x):  # noqa: ANN001, ANN202
+            out = self.detector(list(x))[0]
+            return out["boxes"], out["labels"], out["scores"]
 
-            def forward(self, x):  # noqa: ANN001, ANN202
-                out = self.detector(list(x))[0]
-                return out["boxes"], out["labels"], out["scores"]
-
-        return DetectorForOnnx().eval()
+    return DetectorForOnnx().eval()
 
 
 def _segmenter_for_onnx(model: Any, mean: Any, std: Any) -> Any:
@@ -623,7 +620,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     for k, v in {**DEFAULTS, **DENSE_DEFAULTS[key]}.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    if args.task == "seg" and args.detector not in (None, DENSE_DEFAULTS["det"]["detector"]) and "detector" in given:
+    if args.task == "seg" and "detector" in given:
         raise SystemExit("--detector is for --task det")
     if args.backbone_checkpoint and not Path(args.backbone_checkpoint).is_file():
         raise SystemExit(f"--backbone-checkpoint {args.backbone_checkpoint}: no such file")
@@ -685,7 +682,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
         onnx_path = out / f"{args.model}_{args.task}.onnx"
         s = args.img_size
         if args.task == "det":
-            rep = export_onnx(_DetectorForOnnx.make(model), onnx_path, img_size=(s, s), dynamic_batch=False,
+            rep = export_onnx(_detector_for_onnx(model), onnx_path, img_size=(s, s), dynamic_batch=False,
                               check_sizes=[(s, s), (s + 32, s + 16)], atol=1e-3, rtol=1e-3)
             write_onnx_metadata(onnx_path, "detection", class_names, input="0..1")
         else:
@@ -714,7 +711,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     print("\n" + "=" * 78)
     print("validation per epoch:")
     for row in curve:
-        print("  epoch {epoch} step {step}: ".format(**row)
+        print("  epoch {epoch}: ".format(**row)
               + "  ".join(f"{k.split('/')[1]} {row[k]:.4f}" for k in curve_keys if k in row))
     name = "mAP" if args.task == "det" else "mIoU"
     best_row = max(curve, key=lambda r: r.get(curve_keys[0], -1)) if curve else {}
