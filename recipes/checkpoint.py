@@ -9,6 +9,9 @@ holds only containers, numbers, strings and tensors, so a file that needs other 
 (unpickling can run code) unless the caller opts in with ``ZOO_ALLOW_PICKLE=1`` or
 ``with zoo.models.allow_pickle():``. ``resume_checkpoint`` picks what a resume loads: ``last.ckpt``, or the
 newest intact checkpoint when it is corrupt, or an error when there is nothing to resume.
+``recipe_preprocessing`` tells what the run's data did to an image (mean/std, interpolation, crop, class names);
+``save_timm_folder`` writes the trained network in timm's ``save_for_hf`` layout with that preprocessing, so
+``timm.create_model("local-dir:<folder>", pretrained=True)`` and timm's scripts use it without extra flags.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ __all__ = [
     "load_model",
     "module_class",
     "read_recipe_checkpoint",
+    "recipe_preprocessing",
     "resume_checkpoint",
+    "save_timm_folder",
 ]
 
 # task -> "module:Class" (imported lazily: detection/segmentation pull in torchvision/smp)
@@ -165,3 +170,68 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.M
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model = model.to(map_location)
     return model.eval(), info
+
+
+def recipe_preprocessing(path: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
+    """What a recipe checkpoint knows beyond the network: the task, the class names (the module's ``class_names``
+    hparam, else the ``classes`` of the datamodule's .npz) and the preprocessing of its data (the datamodule's
+    mean/std/interpolation; the recipes' eval transform resizes the whole image: crop_pct 1.0). ``info`` is the
+    second value :func:`load_model` returns."""
+    import numpy as np
+
+    hp = info.get("hparams") or {}
+    dm_hp = read_recipe_checkpoint(path).get("datamodule_hyper_parameters") or {}
+    meta: dict[str, Any] = {"task": info.get("task")}
+    names = hp.get("class_names")
+    npz = dm_hp.get("path")
+    if not names and isinstance(npz, str) and npz.endswith(".npz") and Path(npz).is_file():
+        with np.load(npz) as z:
+            names = [str(c) for c in z["classes"]] if "classes" in z.files else None
+    if names:
+        meta["class_names"] = list(names)
+    for key in ("mean", "std", "interpolation"):
+        if dm_hp.get(key) is not None:
+            meta[key] = list(dm_hp[key]) if isinstance(dm_hp[key], (tuple, list)) else dm_hp[key]
+    if info.get("task") in ("classification", None) and "mean" in meta:
+        meta.update(crop_pct=1.0, crop_mode="center")
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def save_timm_folder(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Write the network of a classification recipe checkpoint as a timm model folder (timm's ``save_for_hf``
+    layout: ``model.safetensors`` + ``config.json``) whose ``pretrained_cfg`` holds the trained input size,
+    mean/std, interpolation, crop (crop_pct 1.0, as the recipe evaluates), ``num_classes`` and ``label_names``.
+
+    Then ``timm.create_model("local-dir:<folder>", pretrained=True)`` rebuilds it with those weights, and
+    ``timm.data.resolve_model_data_config`` + ``create_transform`` (what timm's ``validate.py`` does) give the
+    recipe's eval transform with no hand-typed ``--img-size/--mean/--std``. The same folder uploaded to the
+    Hugging Face hub loads as ``hf-hub:<user>/<repo>``. Returns the folder.
+
+    Detection and segmentation checkpoints are refused (their networks are torchvision/smp models, not timm
+    models): export them with ``tools/export.py`` or take their backbone with the recipe's ``model.backbone``.
+    """
+    from timm.models import save_for_hf
+
+    task = (read_recipe_checkpoint(path).get("hyper_parameters") or {}).get("task")
+    if task != "classification":
+        raise ValueError(
+            f"{os.fspath(path)!r} is a {task} checkpoint; a timm model folder holds a timm classifier: "
+            f"export the whole network with `python tools/export.py {os.fspath(path)} -o model.onnx`"
+        )
+    model, info = load_model(path)
+    prep = recipe_preprocessing(path, info)
+    size = info.get("img_size")
+    size = (size, size) if isinstance(size, int) else tuple(size or model.pretrained_cfg["input_size"][-2:])
+    data_config = {"input_size": (model.pretrained_cfg["input_size"][0], *size), "crop_pct": 1.0,
+                   "crop_mode": "center"}
+    for key in ("mean", "std", "interpolation"):
+        if key in prep:
+            data_config[key] = tuple(prep[key]) if isinstance(prep[key], list) else prep[key]
+    model_config: dict[str, Any] = {}
+    if prep.get("class_names"):
+        model_config["label_names"] = list(prep["class_names"])
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder}: a file is in the way; give a folder name")
+    save_for_hf(model, str(folder), model_config=model_config, data_config=data_config, safe_serialization=True)
+    return folder

@@ -42,30 +42,11 @@ def load_recipe_checkpoint(path: Path):
 
 
 def recipe_metadata(path: Path, info: dict) -> dict:
-    """What a recipe checkpoint knows beyond the network, for the file's metadata: the task, the class names
-    (the module's ``class_names`` hparam, else the ``classes`` of the datamodule's .npz), and the preprocessing
-    of its data (the datamodule's mean/std/interpolation; the recipes' eval transform resizes the whole image:
-    crop_pct 1.0)."""
-    import numpy as np
+    """What a recipe checkpoint knows beyond the network, for the file's metadata (task, class names, the data's
+    preprocessing): :func:`recipes.checkpoint.recipe_preprocessing`."""
+    from recipes.checkpoint import recipe_preprocessing
 
-    from recipes.checkpoint import read_recipe_checkpoint
-
-    hp = info.get("hparams") or {}
-    dm_hp = read_recipe_checkpoint(path).get("datamodule_hyper_parameters") or {}
-    meta: dict = {"task": info.get("task")}
-    names = hp.get("class_names")
-    npz = dm_hp.get("path")
-    if not names and isinstance(npz, str) and npz.endswith(".npz") and Path(npz).is_file():
-        with np.load(npz) as z:
-            names = [str(c) for c in z["classes"]] if "classes" in z.files else None
-    if names:
-        meta["class_names"] = list(names)
-    for key in ("mean", "std", "interpolation"):
-        if dm_hp.get(key) is not None:
-            meta[key] = list(dm_hp[key]) if isinstance(dm_hp[key], (tuple, list)) else dm_hp[key]
-    if info.get("task") in ("classification", None) and "mean" in meta:
-        meta.update(crop_pct=1.0, crop_mode="center")
-    return {k: v for k, v in meta.items() if v is not None}
+    return recipe_preprocessing(path, info)
 
 
 def _size(values: list[int] | None):

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..resources import manifest_path
+
 __all__ = [
     "MANIFEST_PATH",
     "allow_pickle",
@@ -40,7 +42,8 @@ __all__ = [
     "weights_metadata",
 ]
 
-MANIFEST_PATH = Path(__file__).resolve().parents[2] / "weights" / "manifest.json"
+# weights/manifest.json of the checkout, or the copy installed inside the package (zoo/weights/manifest.json)
+MANIFEST_PATH = manifest_path()
 _PICKLE_ENV = "ZOO_ALLOW_PICKLE"
 _allow_pickle_depth = 0
 
@@ -118,8 +121,8 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -
 
 @lru_cache(maxsize=1)
 def load_manifest() -> dict[str, dict[str, Any]]:
-    """``{'<model>.<tag>': entry}`` from ``weights/manifest.json`` (empty when the file is not present, e.g.
-    in an installed wheel without the repository)."""
+    """``{'<model>.<tag>': entry}`` from ``weights/manifest.json`` (shipped in the wheel; empty only when the
+    file is missing from both the package and the checkout)."""
     if not MANIFEST_PATH.is_file():
         return {}
     entries = json.loads(MANIFEST_PATH.read_text())["weights"]
@@ -151,7 +154,10 @@ def _check_sha256(path: Path, entry: dict[str, Any] | None, downloaded: bool) ->
 def _fetch(cfg: dict[str, Any], entry: dict[str, Any] | None) -> tuple[Path, bool]:
     """Local path of the weights for a resolved pretrained cfg and whether it was downloaded."""
     if cfg.get("file"):
-        return Path(cfg["file"]), False
+        path = Path(cfg["file"])
+        if path.is_dir():  # timm's "local-dir:<folder>" (the save_for_hf layout): the weights file inside it
+            return _weights_in_folder(path), False
+        return path, False
     url = cfg.get("url")
     name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
     if entry and entry.get("download") == "manual":
@@ -167,6 +173,21 @@ def _fetch(cfg: dict[str, Any], entry: dict[str, Any] | None) -> tuple[Path, boo
     if not (Path(get_cache_dir()) / filename).is_file():
         _require_network(cfg, url, Path(get_cache_dir()) / filename)
     return Path(download_cached_file((url, filename), check_hash=False, progress=True)), True
+
+
+# file names timm's save_for_hf writes and its local-dir / hf-hub loaders read, safest first
+_FOLDER_WEIGHTS = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin")
+
+
+def _weights_in_folder(folder: Path) -> Path:
+    """The weights file of a model folder in timm's ``save_for_hf`` layout (``config.json`` + weights)."""
+    for name in _FOLDER_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"{folder} holds no weights file ({', '.join(_FOLDER_WEIGHTS)}); a model folder is written by "
+        f"`python tools/convert.py <run.ckpt> --out {folder}` or timm.models.save_for_hf"
+    )
 
 
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "ZOO_OFFLINE")
