@@ -186,7 +186,7 @@ def _weights_in_folder(folder: Path) -> Path:
             return folder / name
     raise FileNotFoundError(
         f"{folder} holds no weights file ({', '.join(_FOLDER_WEIGHTS)}); a model folder is written by "
-        f"`python tools/convert.py <run.ckpt> --out {folder}` or timm.models.save_for_hf"
+        f"`python tools/save_timm.py <run.ckpt> --out {folder}` or timm.models.save_for_hf"
     )
 
 
