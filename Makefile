@@ -4,8 +4,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-# torch and torchvision are a working pair: the regular PyPI (CUDA) build, which also runs on CPU.
-TORCH  := torch==2.14.1 torchvision==0.29.2
+# pyproject.toml states version ranges; constraints.txt pins the exact versions make installs (torch and
+# torchvision as a working pair: the regular PyPI (CUDA) build, which also runs on CPU).
+PIN    := -c constraints.txt
+TIMM   := $(shell sed -n 's/^timm==//p' constraints.txt)
 MODEL  ?=
 TASK   ?=
 ARGS   ?=
@@ -14,18 +16,18 @@ ARGS   ?=
 
 setup: $(VENV)/.stamp
 
-$(VENV)/.stamp: pyproject.toml Makefile
+$(VENV)/.stamp: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(PIN) torch torchvision
+	$(BIN)/pip install --quiet $(PIN) -e '.[dev]'
 	@# natten is optional (fused kernels on CUDA); it builds from source against the installed torch.
-	$(BIN)/pip install --quiet --no-build-isolation natten==0.21.7 \
+	$(BIN)/pip install --quiet $(PIN) --no-build-isolation natten \
 		|| echo "natten could not be installed: optional, the zoo runs without it"
 	@# timm's own model tests (tests/test_models.py from timm's sdist) run against the zoo's models.
-	rm -rf $(VENV)/timm-sdist && $(BIN)/pip download --quiet --no-deps --no-binary :all: timm==1.0.31 -d $(VENV)/timm-sdist
-	tar -xzf $(VENV)/timm-sdist/timm-1.0.31.tar.gz -C $(VENV)/timm-sdist timm-1.0.31/tests/test_models.py
-	cp $(VENV)/timm-sdist/timm-1.0.31/tests/test_models.py tests/timm_suite/test_models.py
+	rm -rf $(VENV)/timm-sdist && $(BIN)/pip download --quiet --no-deps --no-binary :all: timm==$(TIMM) -d $(VENV)/timm-sdist
+	tar -xzf $(VENV)/timm-sdist/timm-$(TIMM).tar.gz -C $(VENV)/timm-sdist timm-$(TIMM)/tests/test_models.py
+	cp $(VENV)/timm-sdist/timm-$(TIMM)/tests/test_models.py tests/timm_suite/test_models.py
 	touch $@
 
 demo: setup

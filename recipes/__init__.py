@@ -2,9 +2,20 @@
 
 Shared pieces live in :mod:`recipes.common` (optimizer, callbacks, loggers, CLI) and
 :mod:`recipes.checkpoint` (``load_model``). Task modules are imported on demand.
+
+In the repository this package is ``recipes``; the wheel installs it as ``zoo_recipes`` and makes ``recipes.*``
+resolve to it (``recipes/_alias.py``), so configs and checkpoints that name ``recipes.<module>.<Class>`` work in
+both. Its dependencies are the zoo's ``[train]`` extra.
 """
 
 from __future__ import annotations
+
+from zoo._extras import require_extra
+
+from ._alias import alias
+
+require_extra("train", "the recipes (zoo-train, zoo-demo, zoo-predict)", ("lightning", "torchmetrics"))
+alias(__name__)
 
 __all__ = ["load_model"]
 

@@ -102,7 +102,7 @@ def _same_bits(a, b) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="official checkpoint file (.pth/.pt/.safetensors)")
     parser.add_argument("--model", required=True, help="registered model name, e.g. crossformer_tiny")
     parser.add_argument("--out", required=True, help="output .safetensors path")

@@ -54,6 +54,8 @@ import torch
 from torch import nn
 
 from . import ops
+from ._extras import require_extra
+from .resources import embedded_data_hint
 
 HEADS = ("logits", "pre_logits", "features")
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -508,6 +510,7 @@ def verify_onnx(
     Pass criterion per element: ``|a - b| <= atol + rtol·|b|`` (as ``torch.allclose``). ``max_rel`` is
     ``max |a - b| / (|b| + atol)``. onnxruntime failures are recorded in :attr:`Check.error`.
     """
+    require_extra("export", "zoo.export.verify_onnx", ("onnx", "onnxruntime"))
     import numpy as np
     import onnxruntime as ort
 
@@ -562,6 +565,7 @@ def write_metadata(path: str | os.PathLike, meta: dict[str, Any]) -> None:
     """Record ``meta`` in the file's ``metadata_props`` as ``zoo.<key>``: strings as they are, anything else as
     JSON (the convention of ``recipes.predictions.write_onnx_metadata``, which tools/predict.py reads). Keys
     already there are replaced, other entries kept; the graph and the weights are not touched."""
+    require_extra("export", "zoo.export.write_metadata", ("onnx", "onnxruntime"))
     import onnx
 
     path = Path(path)
@@ -586,6 +590,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     ``crop_mode``, ``class_names`` / ``num_classes`` where known, ``precision``, ``exporter``, ``opset``, ``version``
     (zoo), ``torch_version``, ``onnxruntime_version``, ``tolerance`` and, for int8 files, ``quantization``.
     Entries other tools wrote without the prefix are returned under their full key, as strings."""
+    require_extra("export", "zoo.export.read_metadata", ("onnx", "onnxruntime"))
     import onnx
 
     path = Path(path)
@@ -648,6 +653,7 @@ class OnnxRunner:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",)):
+        require_extra("export", "zoo.export.OnnxRunner", ("onnx", "onnxruntime"))
         import numpy as np
         import onnxruntime as ort
 
@@ -712,8 +718,7 @@ def load_images(
     if src.suffix == ".npz":
         if not src.is_file():
             raise ValueError(f"calibration data {str(src)!r} does not exist"
-                             + (" (the embedded Fashion-MNIST subset ships with the repository)"
-                                if src == FASHION_MNIST_NPZ else ""))
+                             + (f" ({embedded_data_hint(src)})" if src == FASHION_MNIST_NPZ else ""))
         with np.load(src) as z:
             key = next((k for k in ("x_train", "x_test", "x") if k in z.files), None)
             if key is None:
@@ -763,6 +768,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, mode: str, cal
       ``[N, C, H, W]``, preprocessed as the model expects, e.g. :func:`load_images`, or a list of such arrays
       of different sizes), in batches of ``batch``.
     """
+    require_extra("export", "zoo.export.quantize_int8", ("onnx", "onnxruntime"))
     import logging
 
     import onnxruntime as ort
@@ -891,6 +897,7 @@ def save_optimized(src: str | os.PathLike, dst: str | os.PathLike, level: str = 
     ONNX ops; ``"extended"`` (default) adds onnxruntime's fused contrib ops, so the file runs in onnxruntime only;
     ``"all"`` also adds layout changes specific to the CPU it was made on. Load it with the same onnxruntime
     version on the same kind of machine."""
+    require_extra("export", "zoo.export.save_optimized", ("onnx", "onnxruntime"))
     import onnxruntime as ort
 
     if level not in OPTIMIZATION_LEVELS:
@@ -1031,6 +1038,7 @@ def export_onnx(
         ValueError: bad arguments (unknown model, checkpoint of another architecture, unwritable path, ...).
         ExportError: no exporter produced a file that matches PyTorch (the message lists each attempt).
     """
+    require_extra("export", "zoo.export.export_onnx", ("onnx", "onnxruntime"))
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if exporter not in EXPORTERS:
@@ -1334,6 +1342,7 @@ def measure_latency(
     threads: int | None = None,
 ) -> tuple[float, float]:
     """Median CPU latency in ms of onnxruntime (``path``) and of PyTorch eager (``module``) on ``shape``."""
+    require_extra("export", "zoo.export.measure_latency", ("onnx", "onnxruntime"))
     import numpy as np
     import onnxruntime as ort
 

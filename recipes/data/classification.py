@@ -229,6 +229,10 @@ class NpzData(ClassificationData):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        if not os.path.isfile(self.path) and self.path == DEFAULT_NPZ:
+            from zoo.resources import embedded_data_hint
+
+            raise FileNotFoundError(f"NpzData: {embedded_data_hint(self.path)}")
         if not os.path.isfile(self.path):
             raise FileNotFoundError(
                 f"NpzData: no file at {self.path!r} (the embedded subset is data/fashion_mnist/"

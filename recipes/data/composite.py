@@ -61,9 +61,12 @@ def load_fashion_mnist(path: str | Path | None = None) -> dict[str, tuple[np.nda
         for cand in candidates:
             if cand.exists():
                 return load_fashion_mnist(cand)
+        from zoo.resources import embedded_data_hint
+
         raise FileNotFoundError(
             f"no Fashion-MNIST found: neither {repo_data}/*.npz nor {DEBIAN_DIR}; install the Debian package "
-            "`dataset-fashion-mnist` or pass the folder/npz path explicitly"
+            "`dataset-fashion-mnist` or pass the folder/npz path explicitly. "
+            + embedded_data_hint(repo_data / "fashion_mnist_subset.npz")
         )
     path = Path(path)
     if not path.exists():
