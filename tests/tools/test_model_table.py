@@ -1,4 +1,4 @@
-"""The README / docs model table is generated and up to date."""
+"""The model table (docs/models.md) is generated and up to date, and the README links it."""
 
 from __future__ import annotations
 
@@ -17,3 +17,9 @@ def test_every_registered_model_has_a_row():
     text = (ROOT / "docs" / "models.md").read_text()
     missing = [name for name in zoo.list_models() if f"| `{name}` |" not in text]
     assert not missing, f"not in docs/models.md: {missing}"
+
+
+def test_readme_links_the_model_table_instead_of_holding_it():
+    readme = (ROOT / "README.md").read_text()
+    assert "docs/models.md" in readme
+    assert "| `nat_mini` |" not in readme, "the full table lives in docs/models.md"
