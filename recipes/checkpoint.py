@@ -189,9 +189,18 @@ def recipe_preprocessing(path: str | os.PathLike, info: dict[str, Any]) -> dict[
             names = [str(c) for c in z["classes"]] if "classes" in z.files else None
     if names:
         meta["class_names"] = list(names)
+    defaults: dict[str, Any] = {}
+    if info.get("task") in ("classification", None) and dm_hp:
+        # a datamodule saves only the arguments it was given: what it left out, it ran with its defaults (the
+        # eval transform resizes with "bilinear" unless told otherwise, whatever the model's own cfg says)
+        from recipes.data.classification import ClassificationData
+
+        params = inspect.signature(ClassificationData.__init__).parameters
+        defaults = {k: params[k].default for k in ("mean", "std", "interpolation") if k in params}
     for key in ("mean", "std", "interpolation"):
-        if dm_hp.get(key) is not None:
-            meta[key] = list(dm_hp[key]) if isinstance(dm_hp[key], (tuple, list)) else dm_hp[key]
+        value = dm_hp.get(key, defaults.get(key))
+        if value is not None:
+            meta[key] = list(value) if isinstance(value, (tuple, list)) else value
     if info.get("task") in ("classification", None) and "mean" in meta:
         meta.update(crop_pct=1.0, crop_mode="center")
     return {k: v for k, v in meta.items() if v is not None}

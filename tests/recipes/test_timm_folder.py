@@ -73,3 +73,20 @@ def test_local_dir_without_weights_says_what_to_do(tmp_path):
     (folder / "config.json").write_text(json.dumps({"architecture": "nat_nano", "num_classes": 3}))
     with pytest.raises(FileNotFoundError, match="save_timm|convert"):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_preprocessing_the_datamodule_left_at_its_default_is_recorded(tmp_path):
+    """A datamodule saves only the arguments it was given: a run that kept the default interpolation evaluated
+    with "bilinear", and the folder must say so, not the model cfg's "bicubic" (timm's validate.py scored the
+    main job's model 86.60% instead of the recipe's 87.05% with the model cfg's interpolation)."""
+    from recipes.checkpoint import save_timm_folder
+    from recipes.classification import ClassificationModule
+
+    assert timm.create_model("nat_nano").pretrained_cfg["interpolation"] == "bicubic"
+    module = ClassificationModule("nat_nano", num_classes=3, img_size=32)
+    path = tmp_path / "cls.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "datamodule_hyper_parameters": {"mean": MEAN, "std": STD, "img_size": 32}}, path)
+    save_timm_folder(path, tmp_path / "m")
+    pc = json.loads((tmp_path / "m" / "config.json").read_text())["pretrained_cfg"]
+    assert pc["interpolation"] == "bilinear" and pc["input_size"] == [3, 32, 32] and pc["crop_pct"] == 1.0
