@@ -57,7 +57,8 @@ def test_linear_onednn_strided_input_and_bf16():
     with torch.no_grad():
         torch.testing.assert_close(ops.linear(x, w, b, "gelu_tanh"), F.gelu(F.linear(x, w, b), approximate="tanh"))
         xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
-        out = ops.linear(xb, wb, bb, "relu")
+        with ops.use_backend("onednn"):  # forced: a linear this small is not a oneDNN default (ONEDNN_MIN_MACS)
+            out = ops.linear(xb, wb, bb, "relu")
         assert out.dtype == torch.bfloat16 and ops.last_path("linear") == "onednn"
         torch.testing.assert_close(out.float(), F.relu(F.linear(x, w, b)), rtol=0.05, atol=0.1)
 
@@ -78,9 +79,15 @@ def test_linear_needs_grad_takes_the_reference_path_with_gradients():
 
 @needs_onednn
 def test_linear_dispatch_rules():
-    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    x, w = torch.randn(256, 64), torch.randn(256, 64)  # 256·64·256 = ONEDNN_MIN_MACS multiply-adds
     with torch.no_grad():
         ops.linear(x, w)
+        assert ops.last_path("linear") == "onednn"
+        ops.linear(x[:255], w)  # smaller: oneDNN's per-call setup would cost more than the GEMM
+        assert ops.last_path("linear") == "reference"
+        assert "fewer than ONEDNN_MIN_MACS" in dict(ops.last_decision("linear").refused)["onednn"][0]
+        with ops.use_backend("onednn"):  # forcing lifts that rule (it is about speed, not correctness)
+            torch.testing.assert_close(ops.linear(x[:4], w), F.linear(x[:4], w))
         assert ops.last_path("linear") == "onednn"
         ops.linear(x.double(), w.double())  # fp64: no oneDNN kernel
         assert ops.last_path("linear") == "reference"

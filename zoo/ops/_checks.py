@@ -6,11 +6,11 @@ import os
 
 import torch
 
+from .sizes import is_capturing, is_torchscript
+
 
 def _checks_enabled(t: torch.Tensor) -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
-    if torch.compiler.is_compiling():
+    if is_capturing():
         return False
     if os.environ.get("ZOO_CHECK_FINITE", "1") == "0":
         return False
@@ -75,7 +75,7 @@ def empty_batch_output(shape: tuple[int, ...], *inputs: torch.Tensor | None) -> 
     empty batch gives zero gradients, not missing ones (DDP needs every parameter to receive one).
     """
     first = inputs[0]
-    if first is None or first.numel() != 0 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if first is None or first.numel() != 0 or is_torchscript():
         return None
     out = first.new_zeros(shape)
     for t in inputs:

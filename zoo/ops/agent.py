@@ -31,10 +31,7 @@ from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import needs_grad as _needs_grad
 from ._dispatch import register, select
 from .attention import _sdpa_supports, dispatch_attention
-
-
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+from .sizes import pair
 
 
 def _pool_matrix(size_in: int, size_out: int, device, dtype) -> torch.Tensor:
@@ -55,7 +52,7 @@ def adaptive_avg_pool2d_matmul(x: torch.Tensor, out_hw: int | tuple[int, int]) -
     rounding, but is two matmuls with matrices built from ``x.shape``: plain PyTorch, autograd-able, and
     exportable to ONNX with dynamic H/W.
     """
-    oh, ow = _pair(out_hw)
+    oh, ow = pair(out_hw)
     if x.dim() != 4:
         raise ValueError(
             f"adaptive_avg_pool2d_matmul: x must be [B, H, W, C], got a {x.dim()}-D tensor of shape "

@@ -12,9 +12,10 @@ Paths:
   with the bias detached and computes all gradients, the bias's included, in its own backward by
   recomputing the probabilities (memory as the fused forward; the backward equals the math path's).
 - ``triton``: :mod:`zoo.ops.triton.window_attention`, a fused kernel for many small groups with a bias
-  (windows/grids of MaxViT, CrossFormer, Swin), bias gradient summed over groups in the kernel. Auto-chosen
-  on CUDA for biased 4-D calls of at most ``TRITON_AUTO_MAX_TOKENS`` tokens; on CPU only when forced and
-  ``TRITON_INTERPRET=1`` (tests).
+  (windows/grids of MaxViT, CrossFormer, Swin), bias gradient summed over groups in the kernel. Opt-in
+  (``use_backend("triton")``) until the validation record lists it for the GPU and dtype (docs/dispatch.md);
+  then chosen on CUDA for biased 4-D calls of at most ``TRITON_AUTO_MAX_TOKENS`` tokens. On CPU only when
+  forced and ``TRITON_INTERPRET=1`` (tests).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 
 from . import triton as _triton
 from ._checks import check_qkv, checked_output, empty_batch_output
-from ._dispatch import forced_backend, register, select
+from ._dispatch import forced_backend, register, register_sample, select
 from ._dispatch import needs_grad as _needs_grad
+from .sizes import is_capturing
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -87,11 +89,13 @@ class _BiasedSDPA(torch.autograd.Function):
         return dq, dk, dv, dbias, None
 
 
-def _sdpa_supports(device, dtype, needs_grad=False, **kw) -> bool:
+def _sdpa_supports(device, dtype, needs_grad=False, **kw) -> list[str]:
     # CPU training: the math formulation (softmax kept for backward) beats SDPA, whose CPU backward (and our
     # biased backward) recomputes the logits: fwd+bwd at MaxViT-T window shapes 1.15-1.5x faster
     # (docs/bench_ops.md). Forcing "sdpa" still runs it.
-    return not (device.type == "cpu" and needs_grad and forced_backend() != "sdpa")
+    if device.type == "cpu" and needs_grad and forced_backend() != "sdpa":
+        return ["CPU training: the reference's explicit softmax is faster there (force sdpa to run it)"]
+    return []
 
 
 @register("attention", "sdpa", supports=_sdpa_supports)
@@ -104,34 +108,50 @@ def attention_sdpa(q, k, v, bias=None, scale=None):
         and bias.requires_grad
         and torch.is_grad_enabled()
         and q.device.type == "cpu"
-        and not torch.jit.is_tracing()
-        and not torch.onnx.is_in_onnx_export()
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
+        and not is_capturing()
     ):
         return _BiasedSDPA.apply(q, k, v, bias, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_as_4d(bias), scale=scale)
 
 
-# On CUDA the triton path is auto-chosen for biased attention over groups of at most this many tokens (windows,
-# grids); longer sequences and unbiased calls keep SDPA's flash kernels. Forcing "triton" lifts the limit.
+# Where the triton path is validated on CUDA it is auto-chosen for biased attention over groups of at most this many
+# tokens (windows, grids); longer sequences and unbiased calls keep SDPA's flash kernels. Forcing lifts the limit.
 TRITON_AUTO_MAX_TOKENS = 256
 
 
-def _triton_supports(device, dtype, nq=0, nk=0, d=0, dv=0, ndim=0, has_bias=False, **kw) -> bool:
-    if ndim != 4 or dtype not in (torch.float16, torch.bfloat16, torch.float32) or max(d, dv) > 256:
-        return False
+def _triton_supports(device, dtype, nq=0, nk=0, d=0, dv=0, ndim=0, has_bias=False, **kw) -> list[str]:
+    why = []
+    if ndim != 4:
+        why.append(f"4-D q/k/v only (got {ndim}-D)")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        why.append(f"float16/bfloat16/float32 only (dtype {dtype})")
+    if max(d, dv) > 256:
+        why.append(f"head dim at most 256 (got {max(d, dv)})")
     if not _triton.available(device):
-        return False
-    if device.type == "cuda" and not _triton.forced():
-        return has_bias and max(nq, nk) <= TRITON_AUTO_MAX_TOKENS
-    return True
+        why.append(_triton.unavailable_reason(device))
+    if not why and device.type == "cuda" and not _triton.forced():
+        if not has_bias:
+            why.append("no bias: SDPA's flash kernels win (force triton to run it)")
+        elif max(nq, nk) > TRITON_AUTO_MAX_TOKENS:
+            why.append(f"more than TRITON_AUTO_MAX_TOKENS={TRITON_AUTO_MAX_TOKENS} tokens (force triton to run it)")
+    return why
 
 
 @register("attention", "triton", supports=_triton_supports)
 def attention_triton(q, k, v, bias=None, scale=None):
     """Fused kernel of :mod:`zoo.ops.triton.window_attention` (bias gradient included)."""
     return _triton.load("window_attention").window_attention(q, k, v, bias, _scale(q, scale))
+
+
+def _sample(device: torch.device, dtype: torch.dtype, backend: str) -> tuple:
+    """Self-check input: 6 groups x 2 heads of 20 tokens, d 16, a float bias per head (a window-attention call)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 2, 20, 16, generator=g).to(device, dtype) for _ in range(3))
+    bias = torch.randn(1, 2, 20, 20, generator=g).to(device, dtype)
+    return q, k, v, bias, None
+
+
+register_sample("attention", _sample)
 
 
 def attention(

@@ -17,8 +17,9 @@ Paths:
   docs/bench_ops.md, 1 thread). CPU,
   fp32/bf16, inference only (no autograd: chosen only when no gradient is needed), never under CPU autocast
   (the reference then computes in the autocast dtype, as F.linear does), never while exporting or compiling
-  (torch.compile fuses on its own). Values equal the reference up to float rounding (folding reorders the
-  arithmetic).
+  (torch.compile fuses on its own), and not for linears of fewer than ``ONEDNN_MIN_MACS`` multiply-adds
+  (oneDNN's per-call primitive setup then costs more than the GEMM). Values equal the reference up to float
+  rounding (folding reorders the arithmetic).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ._dispatch import forced_backend, register, select
 from ._dispatch import needs_grad as _needs_grad
-from ._dispatch import register, select
+from .sizes import is_capturing, pair
 
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu", "relu", "sigmoid")
 # act -> (oneDNN post-op, its algorithm)
@@ -89,31 +91,61 @@ def fold_batchnorm(
 
 
 _MKLDNN = torch.backends.mkldnn.is_available()
+# oneDNN sets up a primitive on every call (~20-40 us on the 2-core EPYC measured, 1 thread), so below about
+# this many multiply-adds F.linear wins: a 1x1 linear ran 10x slower on oneDNN, 64x64x64 2.5x, 64x64x256 1.7x,
+# 256x64x256 (4.2M) and 16x512x512 0.92-0.97x. Smaller linears take the reference path.
+ONEDNN_MIN_MACS = 1 << 22
 
 
-def _onednn_supports(device: torch.device, dtype: torch.dtype, tensors=(), needs_grad=False, **_) -> bool:
-    # is_compiling first: torch.compile then sees no call it cannot trace (torch.backends.* is skipped by dynamo)
-    return (
-        not torch.compiler.is_compiling()
-        and not needs_grad
-        and device.type == "cpu"
-        and dtype in (torch.float32, torch.bfloat16)
-        and _MKLDNN
-        and torch.backends.mkldnn.enabled
-        # under CPU autocast F.linear/F.conv2d compute in the autocast dtype; the reference path keeps that
-        and not torch.is_autocast_enabled("cpu")
-        # an opaque oneDNN call can never be part of an exported graph, whatever the dispatcher decided
-        and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
-        and not _needs_grad(*tensors)
-        and all(t is None or (t.dtype == dtype and t.device.type == "cpu") for t in tensors)
-        and all(t is None or t.numel() > 0 for t in tensors[:2])
-    )
+def _onednn_supports(device: torch.device, dtype: torch.dtype, needs_grad=False, mixed=False, empty=False,
+                     small=False, autocast=False, enabled=True, **_) -> list[str]:
+    """Why the oneDNN path cannot run a call. ``mixed``: an argument is not a CPU tensor of ``dtype``; ``empty``:
+    input or weight has no elements; ``small``: a linear of fewer than :data:`ONEDNN_MIN_MACS` multiply-adds;
+    ``autocast``: CPU autocast is on; ``enabled``: ``torch.backends.mkldnn.enabled``."""
+    # first, and alone: torch.compile then traces no torch.backends.* call (dynamo skips them), and an opaque
+    # oneDNN call can never be part of an exported graph, whatever else the dispatcher decided
+    if is_capturing():
+        return ["graph capture (export or torch.compile): an opaque oneDNN call cannot be part of the graph"]
+    if small and forced_backend() != "onednn":  # then the signature says nothing else (see linear())
+        return [f"fewer than ONEDNN_MIN_MACS={ONEDNN_MIN_MACS} multiply-adds: oneDNN's per-call setup costs more "
+                "than it saves (force onednn to run it)"]
+    why = []
+    if device.type != "cpu":
+        why.append(f"CPU only (device {device.type})")
+    if dtype not in (torch.float32, torch.bfloat16):
+        why.append(f"float32/bfloat16 only (dtype {dtype})")
+    if not _MKLDNN:
+        why.append("torch built without oneDNN")
+    elif not enabled:
+        why.append("oneDNN disabled (torch.backends.mkldnn.enabled is False)")
+    if needs_grad:
+        why.append("no backward: a gradient is needed")
+    # under CPU autocast F.linear/F.conv2d compute in the autocast dtype; the reference path keeps that
+    if autocast:
+        why.append("CPU autocast is on (the reference computes in the autocast dtype)")
+    if mixed:
+        why.append("an argument is not a CPU tensor of the input's dtype")
+    if empty:
+        why.append("empty input or weight")
+    return why
+
+
+def _signature(dtype: torch.dtype, tensors) -> dict:
+    """What the oneDNN rule needs to know about a call (hashable: the dispatcher caches its decision on it)."""
+    return {
+        "needs_grad": _needs_grad(*tensors),
+        "mixed": any(t is not None and (t.dtype != dtype or t.device.type != "cpu") for t in tensors),
+        "empty": tensors[0].numel() == 0 or tensors[1].numel() == 0,
+        "autocast": torch.is_autocast_enabled("cpu"),
+        "enabled": torch.backends.mkldnn.enabled,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- linear
 @register("linear", "reference")
 def linear_reference(x, weight, bias=None, act="none"):
-    return activation(F.linear(x, weight, bias), act)
+    y = F.linear(x, weight, bias)
+    return y if act == "none" else activation(y, act)
 
 
 @register("linear", "onednn", supports=_onednn_supports)
@@ -134,16 +166,17 @@ def linear(
             f"linear: input has {x.shape[-1]} features (shape {tuple(x.shape)}), weight expects "
             f"{weight.shape[-1]} (weight {tuple(weight.shape)})"
         )
-    impl = select("linear", x.device, x.dtype, tensors=(x, weight, bias))
+    small = x.numel() * weight.shape[0] < ONEDNN_MIN_MACS
+    if small and forced_backend() != "onednn":  # oneDNN refuses whatever else holds: one cheap key
+        impl = select("linear", x.device, x.dtype, small=True)
+    else:
+        impl = select("linear", x.device, x.dtype, small=small, **_signature(x.dtype, (x, weight, bias)))
     return impl.fn(x, weight, bias, act)
 
 
 # ----------------------------------------------------------------------------------------------- conv2d
 def _conv_args(stride, padding, dilation):
-    def pair(v):
-        return [int(v), int(v)] if isinstance(v, int) else [int(v[0]), int(v[1])]
-
-    return pair(stride), pair(padding), pair(dilation)
+    return [*pair(stride)], [*pair(padding)], [*pair(dilation)]
 
 
 @register("conv2d", "reference")
@@ -154,12 +187,7 @@ def conv2d_reference(x, weight, bias, stride, padding, dilation, groups, act, bn
     return activation(y, act)
 
 
-def _conv_onednn_supports(device, dtype, tensors=(), bn=None, needs_grad=False, **_) -> bool:
-    bn_tensors = () if bn is None else (bn.running_mean, bn.running_var, bn.weight, bn.bias)
-    return _onednn_supports(device, dtype, tensors, needs_grad) and not _needs_grad(*bn_tensors)
-
-
-@register("conv2d", "onednn", supports=_conv_onednn_supports)
+@register("conv2d", "onednn", supports=_onednn_supports)
 def conv2d_onednn(x, weight, bias, stride, padding, dilation, groups, act, bn):
     if bn is not None:
         weight, bias = fold_batchnorm(weight, bias, bn)
@@ -188,5 +216,8 @@ def conv2d(
     if x.dim() != 4:
         raise ValueError(f"conv2d expects [B, C, H, W], got shape {tuple(x.shape)}")
     stride, padding, dilation = _conv_args(stride, padding, dilation)
-    impl = select("conv2d", x.device, x.dtype, tensors=(x, weight, bias), bn=bn)
+    sig = _signature(x.dtype, (x, weight, bias))
+    if bn is not None:  # the statistics' gradients (a BatchNorm in training mode) need the reference path
+        sig["needs_grad"] = sig["needs_grad"] or _needs_grad(bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    impl = select("conv2d", x.device, x.dtype, **sig)
     return impl.fn(x, weight, bias, stride, padding, dilation, groups, act, bn)

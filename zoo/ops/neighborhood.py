@@ -28,14 +28,18 @@ Paths (``zoo.ops.use_backend`` forces one; each matches ``reference`` forward an
   for small maps; auto-selected while ``N = H·W <= DENSE_MAX_TOKENS`` (``DENSE_MAX_TOKENS_TRAIN`` when
   gradients are needed; measured CPU crossovers), else the dispatcher falls to ``reference``.
 - ``flex``: ``torch.nn.attention.flex_attention`` with a neighbourhood ``mask_mod`` (block-sparse) and a
-  ``score_mod`` adding the RPB. Chosen automatically on CUDA only (compiled there). On CPU it runs eagerly
+  ``score_mod`` adding the RPB. On CUDA (compiled there) opt-in until validated. On CPU it runs eagerly
   when forced, forward only (FlexAttention has no CPU backward): with gradients it falls back.
 - ``natten``: NATTEN >= 0.21 fused kernels (``natten.na2d``/``na1d``, heads-last layout); CUDA only,
-  ``rpb is None`` only (NATTEN >= 0.20 dropped RPB) and no attention dropout.
+  ``rpb is None`` only (NATTEN >= 0.20 dropped RPB) and no attention dropout. Opt-in until validated.
 
 - ``triton`` (2-D only): the fused kernel of :mod:`zoo.ops.triton.neighborhood`, forward and backward with
-  the RPB gradient. Auto-chosen on CUDA when there is an RPB (or NATTEN is missing); on CPU only when forced
-  with ``TRITON_INTERPRET=1`` (tests).
+  the RPB gradient. Once validated, chosen on CUDA when there is an RPB (or NATTEN is missing); on CPU only
+  when forced with ``TRITON_INTERPRET=1`` (tests).
+
+``flex``, ``natten`` and ``triton`` run by default only where the validation record ``zoo/ops/validated.json``
+lists them for the GPU architecture and dtype (none yet); forced, they first check themselves against the
+reference on a small input (docs/dispatch.md).
 
 Only the ``reference`` path supports attention-weight dropout (``attn_drop > 0``); the others fall back to
 it when dropout is requested.
@@ -48,9 +52,10 @@ import torch.nn.functional as F
 
 from . import triton as _triton
 from ._checks import check_qkv, checked_output, empty_batch_output
-from ._dispatch import has_module, is_tracing, register, select
+from ._dispatch import has_module, register, register_sample, select
 from ._dispatch import needs_grad as _needs_grad
 from .attention import dispatch_attention
+from .sizes import is_capturing, is_tracing
 
 __all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
 
@@ -78,17 +83,8 @@ _CACHE: dict[tuple, object] = {}
 _CACHE_MAX = 64
 
 
-def _cacheable() -> bool:
-    return not (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-    )
-
-
 def _cached(key: tuple, build):
-    if not _cacheable():
+    if is_capturing():
         return build()
     out = _CACHE.get(key)
     if out is None:
@@ -367,35 +363,52 @@ def _na_natten(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     return out.movedim(-2, 1).reshape(B, h, -1, out.shape[-1])
 
 
-def _dense_ok(device, dtype, tokens=0, dropout=False, needs_grad=False, **kw):
-    return not dropout and tokens <= (DENSE_MAX_TOKENS_TRAIN if needs_grad else DENSE_MAX_TOKENS)
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _flex_ok(device, dtype, dropout=False, needs_grad=False, **kw):
-    if dropout or (needs_grad and device.type != "cuda"):  # FlexAttention has no backward on CPU
-        return False
+def _dense_ok(device, dtype, tokens=0, dropout=False, needs_grad=False, **kw) -> list[str]:
+    why = ["attention dropout: only the reference has it"] if dropout else []
+    limit = DENSE_MAX_TOKENS_TRAIN if needs_grad else DENSE_MAX_TOKENS
+    name = "DENSE_MAX_TOKENS_TRAIN" if needs_grad else "DENSE_MAX_TOKENS"
+    if tokens > limit:
+        why.append(f"{tokens} tokens > {name}={limit}: the dense N x N mask loses to the gather there")
+    return why
+
+
+def _flex_ok(device, dtype, dropout=False, needs_grad=False, **kw) -> list[str]:
+    why = ["attention dropout: only the reference has it"] if dropout else []
+    if needs_grad and device.type != "cuda":
+        why.append("no CPU backward in FlexAttention: a gradient is needed")
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
     except ImportError:
-        return False
-    return True
+        why.append("torch.nn.attention.flex_attention not importable")
+    return why
 
 
-def _natten_ok(device, dtype, has_rpb=False, dropout=False, **kw):
-    return (
-        device.type == "cuda"
-        and not has_rpb
-        and not dropout
-        and dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and has_module("natten")
-    )
+def _natten_ok(device, dtype, has_rpb=False, dropout=False, **kw) -> list[str]:
+    why = [f"CUDA only (device {device.type})"] if device.type != "cuda" else []
+    if has_rpb:
+        why.append("relative position bias: NATTEN >= 0.20 has none")
+    if dropout:
+        why.append("attention dropout: only the reference has it")
+    if dtype not in _FLOATS:
+        why.append(f"float16/bfloat16/float32 only (dtype {dtype})")
+    if not has_module("natten"):
+        why.append("natten not installed")
+    return why
 
 
-def _triton_ok(device, dtype, has_rpb=False, dropout=False, **kw):
-    if dropout or dtype not in (torch.float16, torch.bfloat16, torch.float32) or not _triton.available(device):
-        return False
+def _triton_ok(device, dtype, has_rpb=False, dropout=False, **kw) -> list[str]:
+    why = ["attention dropout: only the reference has it"] if dropout else []
+    if dtype not in _FLOATS:
+        why.append(f"float16/bfloat16/float32 only (dtype {dtype})")
+    if not _triton.available(device):
+        why.append(_triton.unavailable_reason(device))
     # CUDA auto: with RPB always (NATTEN's fused kernels have none); without, NATTEN's kernels go first.
-    return not (device.type == "cuda" and not _triton.forced() and not has_rpb and has_module("natten"))
+    if not why and device.type == "cuda" and not _triton.forced() and not has_rpb and has_module("natten"):
+        why.append("no RPB and natten installed: NATTEN's kernels go first (force triton to run it)")
+    return why
 
 
 def _na_triton(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
@@ -403,10 +416,10 @@ def _na_triton(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     return mod.neighborhood_attention2d(q, k, v, shape, ks, dil, rpb, _scale(q, scale))
 
 
-def _sdpa2d_ok(device, dtype, tokens=0, dropout=False, needs_grad=False, **kw):
+def _sdpa2d_ok(device, dtype, tokens=0, dropout=False, needs_grad=False, **kw) -> list[str]:
     if is_tracing():  # export: the dense mask for small maps, else the gather (both trace with dynamic H/W)
         return _dense_ok(device, dtype, tokens=tokens, dropout=dropout, needs_grad=needs_grad)
-    return not dropout
+    return ["attention dropout: only the reference has it"] if dropout else []
 
 
 for _op in (_OP1, _OP2):
@@ -418,6 +431,25 @@ for _op in (_OP1, _OP2):
     register(_op, "flex", supports=_flex_ok)(_na_flex)
     register(_op, "natten", supports=_natten_ok)(_na_natten)
 register(_OP2, "triton", supports=_triton_ok)(_na_triton)
+
+
+def _sample(shape: tuple[int, ...], ks: int, dil: int):
+    def sample(device: torch.device, dtype: torch.dtype, backend: str) -> tuple:
+        """Self-check input: flattened q/k/v of 2 heads (d 16) on a small map, dilated, with an RPB (none for
+        NATTEN, which has no RPB); the registered paths' argument order."""
+        g = torch.Generator().manual_seed(0)
+        n = 1
+        for s in shape:
+            n *= s
+        q, k, v = (torch.randn(1, 2, n, 16, generator=g).to(device, dtype) for _ in range(3))
+        rpb = torch.randn(2, (2 * ks - 1) ** len(shape), generator=g).to(device, dtype)
+        return q, k, v, shape, ks, dil, None if backend == "natten" else rpb, None, 0.0
+
+    return sample
+
+
+register_sample(_OP1, _sample((13,), 3, 2))
+register_sample(_OP2, _sample((7, 8), 3, 2))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,13 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import is_tracing
-from .sizes import is_traced
-
-
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    # sizes may be traced (SymInt under torch.export, 0-d tensors under ONNX tracing): never int() them
-    return (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, x)
+from .sizes import is_traced, is_tracing, pair
 
 
 def _check_map(op: str, x: torch.Tensor, size: tuple[int, int], what: str) -> None:
@@ -44,7 +38,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int]) -> tuple[t
     traced for export (:func:`zoo.ops.is_tracing`) it always pads (possibly by 0), so the graph keeps
     dynamic H/W; callers then test ``is_tracing() or pad_h or pad_w`` too.
     """
-    mh, mw = _pair(multiple)
+    mh, mw = pair(multiple)
     H, W = x.shape[1], x.shape[2]
     # ceil(H / m)·m - H rather than (-H) % m: the same number, but the padded size is then a multiple of m
     # by construction, which lets torch.export prove the partition reshapes for every H (no guard)
@@ -71,7 +65,7 @@ def roll_map(x: torch.Tensor, shift) -> torch.Tensor:
 
 def window_partition(x: torch.Tensor, window: int | tuple[int, int]) -> torch.Tensor:
     """``[B, H, W, C]`` → ``[B·(H/P)·(W/P), P·P, C]``, windows of contiguous pixels, row-major."""
-    ph, pw = _pair(window)
+    ph, pw = pair(window)
     _check_map("window_partition", x, (ph, pw), "window")
     B, H, W, C = x.shape
     x = x.view(B, H // ph, ph, W // pw, pw, C).permute(0, 1, 3, 2, 4, 5)
@@ -80,7 +74,7 @@ def window_partition(x: torch.Tensor, window: int | tuple[int, int]) -> torch.Te
 
 def window_merge(windows: torch.Tensor, window: int | tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`window_partition`: ``[B·nW, P·P, C]`` → ``[B, H, W, C]``."""
-    ph, pw = _pair(window)
+    ph, pw = pair(window)
     H, W = hw
     C = windows.shape[-1]
     x = windows.view(-1, H // ph, W // pw, ph, pw, C).permute(0, 1, 3, 2, 4, 5)
@@ -89,7 +83,7 @@ def window_merge(windows: torch.Tensor, window: int | tuple[int, int], hw: tuple
 
 def grid_partition(x: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
     """``[B, H, W, C]`` → ``[B·(H/G)·(W/G), G·G, C]``: group ``(a, b)`` holds pixels ``(a + i·H/G, b + j·W/G)``."""
-    gh, gw = _pair(grid)
+    gh, gw = pair(grid)
     _check_map("grid_partition", x, (gh, gw), "grid")
     B, H, W, C = x.shape
     x = x.view(B, gh, H // gh, gw, W // gw, C).permute(0, 2, 4, 1, 3, 5)
@@ -98,7 +92,7 @@ def grid_partition(x: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor
 
 def grid_merge(groups: torch.Tensor, grid: int | tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`grid_partition`: ``[B·nG, G·G, C]`` → ``[B, H, W, C]``."""
-    gh, gw = _pair(grid)
+    gh, gw = pair(grid)
     H, W = hw
     C = groups.shape[-1]
     x = groups.view(-1, H // gh, W // gw, gh, gw, C).permute(0, 3, 1, 4, 2, 5)

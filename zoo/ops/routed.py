@@ -24,12 +24,13 @@ Paths (all take the same routing indices, so they agree wherever the routing doe
   (14², 4-token regions, topk 16). Larger regions → the gather form with the fused SDPA kernel per
   region (the mask form was 4-25× slower there); when gradients are needed on CPU the explicit product
   replaces the fused kernel, whose backward measured slower on these small per-region problems.
-- ``flex``: FlexAttention with a block mask from the indices. Auto-chosen on CUDA (compiled); on CPU it
+- ``flex``: FlexAttention with a block mask from the indices. On CUDA (compiled) opt-in until validated
+  (``flex`` and ``triton`` run by default only where ``zoo/ops/validated.json`` lists them; docs/dispatch.md); on CPU it
   runs only when forced, eagerly and forward-only (torch has no CPU flex backward; with gradients the
   dispatcher falls back to the CPU default).
 - ``triton``: the gather-free indexed-K/V kernel of :mod:`zoo.ops.triton.routed_attention` (forward and
   backward; one program per query region and head walking its top-k regions with an online softmax).
-  Auto-chosen on CUDA unless every region is routed; on CPU only when forced with ``TRITON_INTERPRET=1``.
+  Once validated, chosen on CUDA unless every region is routed; on CPU only when forced with ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -42,20 +43,17 @@ import torch.nn.functional as F
 from . import triton as _triton
 from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import needs_grad as _needs_grad
-from ._dispatch import register, select
+from ._dispatch import register, register_sample, select
 from .attention import attention_sdpa
+from .sizes import pair
 
 _OP = "routed_attention"
-
-
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
 def _check_regions(op: str, H: int, W: int, num_regions) -> tuple[int, int]:
     if isinstance(num_regions, bool) or not isinstance(num_regions, (int, tuple, list)):
         raise ValueError(f"{op}: num_regions must be an int or (nh, nw), got {num_regions!r}")
-    nh, nw = _pair(num_regions)
+    nh, nw = pair(num_regions)
     if nh < 1 or nw < 1:
         raise ValueError(f"{op}: num_regions must be positive, got {num_regions!r}")
     if H % nh or W % nw:
@@ -74,7 +72,7 @@ def _effective_topk(op: str, topk: int, R: int) -> int:
 
 def to_regions(x: torch.Tensor, num_regions: int | tuple[int, int]) -> torch.Tensor:
     """Per-head map ``[B, heads, H, W, d]`` → region-major ``[B, R, heads, n, d]`` (regions row-major)."""
-    nh, nw = _pair(num_regions)
+    nh, nw = pair(num_regions)
     B, h, H, W, d = x.shape
     x = x.reshape(B, h, nh, H // nh, nw, W // nw, d).permute(0, 2, 4, 1, 3, 5, 6)
     return x.reshape(B, nh * nw, h, (H // nh) * (W // nw), d)
@@ -82,7 +80,7 @@ def to_regions(x: torch.Tensor, num_regions: int | tuple[int, int]) -> torch.Ten
 
 def from_regions(x: torch.Tensor, num_regions: int | tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`to_regions`: ``[B, R, heads, n, d]`` → ``[B, heads, H, W, d]``."""
-    nh, nw = _pair(num_regions)
+    nh, nw = pair(num_regions)
     H, W = hw
     B, _, h, _, d = x.shape
     x = x.reshape(B, nh, nw, h, H // nh, W // nw, d).permute(0, 3, 1, 4, 2, 5, 6)
@@ -152,7 +150,7 @@ MASK_FORM_MAX_REGION_TOKENS = 15
 @register(_OP, "sdpa")
 def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
     B, h, H, W, _ = q.shape
-    R = _pair(num_regions)[0] * _pair(num_regions)[1]
+    R = pair(num_regions)[0] * pair(num_regions)[1]
     if topk == R and indices is None:  # every region: dense attention, no routing to compute
         out = F.scaled_dot_product_attention(
             q.reshape(B, h, H * W, -1), k.reshape(B, h, H * W, -1), v.reshape(B, h, H * W, -1), scale=scale
@@ -181,7 +179,7 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
 
 def _to_regions_head_major(x: torch.Tensor, num_regions) -> torch.Tensor:
     """``[B, heads, H, W, d]`` → ``[heads, B·R, n, d]`` (regions row-major within each image)."""
-    nh, nw = _pair(num_regions)
+    nh, nw = pair(num_regions)
     B, h, H, W, d = x.shape
     x = x.reshape(B, h, nh, H // nh, nw, W // nw, d).permute(1, 0, 2, 4, 3, 5, 6)
     return x.reshape(h, B * nh * nw, (H // nh) * (W // nw), d)
@@ -189,7 +187,7 @@ def _to_regions_head_major(x: torch.Tensor, num_regions) -> torch.Tensor:
 
 def _from_regions_head_major(x: torch.Tensor, num_regions, B: int, hw: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`_to_regions_head_major`: ``[heads, B·R, n, d]`` → ``[B, heads, H, W, d]``."""
-    nh, nw = _pair(num_regions)
+    nh, nw = pair(num_regions)
     H, W = hw
     h, _, _, d = x.shape
     x = x.reshape(h, B, nh, nw, H // nh, W // nw, d).permute(1, 0, 2, 4, 3, 5, 6)
@@ -218,7 +216,7 @@ def _region_major_tokens(x: torch.Tensor, num_regions) -> torch.Tensor:
 
 
 def _from_region_major_tokens(x: torch.Tensor, num_regions, hw: tuple[int, int]) -> torch.Tensor:
-    nh, nw = _pair(num_regions)
+    nh, nw = pair(num_regions)
     B, h, N, d = x.shape
     R = nh * nw
     return from_regions(x.view(B, h, R, N // R, d).transpose(1, 2), num_regions, hw)
@@ -232,7 +230,7 @@ def routed_attention_masked(q, k, v, num_regions, topk, scale, indices=None):
     """
     B, h, H, W, _ = q.shape
     qt, kt, vt = (_region_major_tokens(t, num_regions) for t in (q, k, v))
-    R = _pair(num_regions)[0] * _pair(num_regions)[1]
+    R = pair(num_regions)[0] * pair(num_regions)[1]
     n = (H * W) // R
     if indices is None:
         indices = _route(to_regions(q, num_regions), to_regions(k, num_regions), topk, scale)
@@ -245,16 +243,18 @@ def routed_attention_masked(q, k, v, num_regions, topk, scale, indices=None):
 _flex_compiled = None
 
 
-def _flex_supports(device: torch.device, dtype: torch.dtype, needs_grad: bool = False, **kw) -> bool:
+def _flex_supports(device: torch.device, dtype: torch.dtype, needs_grad: bool = False, **kw) -> list[str]:
     try:
         import torch.nn.attention.flex_attention  # noqa: F401
     except ImportError:
-        return False
+        return ["torch.nn.attention.flex_attention not importable"]
     if device.type == "cuda":
-        return True
+        return []
     # CPU: eager FlexAttention (forward only; torch has no CPU flex backward). Reached only when forced,
     # since the CPU default order does not list flex.
-    return device.type == "cpu" and not needs_grad
+    if device.type != "cpu":
+        return [f"CUDA or CPU only (device {device.type})"]
+    return ["no CPU backward in FlexAttention: a gradient is needed"] if needs_grad else []
 
 
 @register(_OP, "flex", supports=_flex_supports)
@@ -263,7 +263,7 @@ def routed_attention_flex(q, k, v, num_regions, topk, scale, indices=None):
 
     global _flex_compiled
     B, h, H, W, _ = q.shape
-    R = _pair(num_regions)[0] * _pair(num_regions)[1]
+    R = pair(num_regions)[0] * pair(num_regions)[1]
     n = (H * W) // R
     if indices is None:
         indices = _route(to_regions(q, num_regions), to_regions(k, num_regions), topk, scale)
@@ -290,11 +290,16 @@ def routed_attention_flex(q, k, v, num_regions, topk, scale, indices=None):
     return _from_region_major_tokens(out, num_regions, (H, W))
 
 
-def _triton_supports(device: torch.device, dtype: torch.dtype, dense: bool = False, **kw) -> bool:
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32) or not _triton.available(device):
-        return False
+def _triton_supports(device: torch.device, dtype: torch.dtype, dense: bool = False, **kw) -> list[str]:
+    why = []
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        why.append(f"float16/bfloat16/float32 only (dtype {dtype})")
+    if not _triton.available(device):
+        why.append(_triton.unavailable_reason(device))
     # Every region routed (dense attention): SDPA's flash kernels win on CUDA unless triton is forced.
-    return not (dense and device.type == "cuda" and not _triton.forced())
+    if not why and dense and device.type == "cuda" and not _triton.forced():
+        why.append("every region routed (dense attention): SDPA's flash kernels win (force triton to run it)")
+    return why
 
 
 @register(_OP, "triton", supports=_triton_supports)
@@ -303,6 +308,19 @@ def routed_attention_triton(q, k, v, num_regions, topk, scale, indices=None):
     if indices is None:
         indices = _route(to_regions(q, num_regions), to_regions(k, num_regions), topk, scale)
     return _triton.load("routed_attention").routed_attention(q, k, v, num_regions, indices, scale)
+
+
+def _sample(device: torch.device, dtype: torch.dtype, backend: str) -> tuple:
+    """Self-check input: a 4x6 map of 2 heads (d 16) in 2x3 regions, top-2, routing computed once in fp32 so
+    that the path checked and the reference attend to the same regions."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 6, 16, generator=g) for _ in range(3))
+    idx = _route(to_regions(q, (2, 3)), to_regions(k, (2, 3)), 2, 0.25).to(device)
+    q, k, v = (t.to(device, dtype) for t in (q, k, v))
+    return q, k, v, (2, 3), 2, 0.25, idx
+
+
+register_sample(_OP, _sample)
 
 
 def _check_indices(op: str, indices: torch.Tensor, B: int, R: int, topk: int) -> None:

@@ -11,6 +11,17 @@ Example (CrossFormer's small-map fallback, :class:`zoo.models.crossformer.CrossF
 
     g = size_min(size_min(H, W), group)           # group size: the whole map when it is smaller
     i = 1 + (interval - 1) * greater(size_min(H, W), group)   # interval 1 (plain windows) on small maps
+
+The module is also the one place that answers "is a graph being captured, and by what?":
+
+- :func:`is_torchscript`: TorchScript tracing/scripting, or the TorchScript ONNX exporter
+  (``torch.onnx.export(dynamo=False)``): sizes read from tensors may be traced, calls are recorded.
+- :func:`is_tracing`: a graph is traced for EXPORT (the above, or ``torch.export`` and the dynamo ONNX
+  exporter). Size-dependent Python branches must take their general path.
+- :func:`is_capturing`: any graph capture (the above, or ``torch.compile``). Python-side caches, data-dependent
+  checks (NaN screens) and opaque kernels (oneDNN primitives) stay out of the graph.
+
+And :func:`pair` is the one ``(h, w)`` helper: plain numbers become ``int``, traced sizes are kept as they are.
 """
 
 from __future__ import annotations
@@ -22,14 +33,79 @@ import torch
 Size = Any  # int | torch.SymInt | 0-d torch.Tensor
 
 
-def pair(x: Size | tuple[Size, Size] | list[Size]) -> tuple[Size, Size]:
-    """``x`` as ``(h, w)``: an int/traced size is repeated, a pair is returned as a tuple (never ``int()``-ed)."""
-    return (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, x)
+def pair(x: Size | tuple[Size, Size] | list[Size], name: str | None = None) -> tuple[Size, Size]:
+    """``x`` as ``(h, w)``: a single size is repeated, a 2-sequence becomes a tuple.
+
+    Plain numbers (ints, numpy ints, bools) are normalised with ``int()``; traced sizes (SymInts, tensors) are
+    kept as they are, never ``int()``-ed (that would bake the example size into an exported graph). With
+    ``name`` (how the caller's error calls the argument, e.g. ``"AgentAttention: train_size"``) both values must
+    be positive: checked for plain ints only, a traced size cannot be checked without baking it.
+    A sequence of another length raises ``ValueError``.
+    """
+    if isinstance(x, (tuple, list)):
+        if len(x) != 2:
+            raise ValueError(f"{name or 'size'} must be {'a positive' if name else 'an'} int or (h, w) pair, got {x!r}")
+        h, w = x
+    else:
+        h = w = x
+    h = h if isinstance(h, (torch.Tensor, torch.SymInt)) else int(h)
+    w = w if isinstance(w, (torch.Tensor, torch.SymInt)) else int(w)
+    if name is not None and any(isinstance(v, int) and v < 1 for v in (h, w)):
+        raise ValueError(f"{name} must be a positive int or (h, w) pair, got {x!r}")
+    return h, w
 
 
 def is_traced(*xs: Size) -> bool:
     """True if any of ``xs`` is a traced size (a SymInt or a tensor), not a plain Python int."""
     return any(isinstance(x, (torch.Tensor, torch.SymInt)) for x in xs)
+
+
+_onnx_flags: tuple | None = None  # the two objects torch.onnx.is_in_onnx_export() reads, once found
+
+
+def _in_onnx_export() -> bool:
+    """``torch.onnx.is_in_onnx_export()`` without the two imports it runs on every call (2.5 us -> 0.1 us on
+    the CPU measured; the ops ask on every call). Falls back to it where torch keeps its flags elsewhere."""
+    global _onnx_flags
+    if _onnx_flags is None:
+        try:
+            from torch.onnx._internal.exporter import _flags
+            from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+            _onnx_flags = (GLOBALS, _flags) if hasattr(GLOBALS, "in_onnx_export") and hasattr(
+                _flags, "_is_onnx_exporting") else ()
+        except ImportError:
+            _onnx_flags = ()
+    if _onnx_flags:
+        return _onnx_flags[0].in_onnx_export or _onnx_flags[1]._is_onnx_exporting
+    return torch.onnx.is_in_onnx_export()
+
+
+def is_torchscript() -> bool:
+    """True while TorchScript traces or scripts (``torch.jit.trace``/``script``), the TorchScript ONNX exporter
+    included (``torch.onnx.export(dynamo=False)``)."""
+    if torch.compiler.is_compiling():  # dynamo (torch.compile, torch.export) is not TorchScript, and must not
+        return False  # trace _in_onnx_export's import of torch internals
+    return torch.jit.is_tracing() or _in_onnx_export() or torch.jit.is_scripting()
+
+
+def is_tracing() -> bool:
+    """True while a graph is traced for export: TorchScript (:func:`is_torchscript`) or ``torch.export`` (the
+    dynamo ONNX exporter included).
+
+    Size-dependent Python branches (pad or not, mask or not) must then take the general path: a branch taken
+    on the example input's size is baked into the graph and gives wrong results at other sizes.
+    """
+    return is_torchscript() or torch.compiler.is_exporting()
+
+
+def is_capturing() -> bool:
+    """True during any graph capture: export (:func:`is_tracing`) or ``torch.compile``. Python-side caches,
+    data-dependent checks and opaque kernels (oneDNN primitives) must then stay out of the graph."""
+    # is_compiling first: true under torch.export too, so dynamo never traces the checks behind it. Written out
+    # (not is_tracing()) because the ops ask on every call: each Python frame saved is ~5% of a tiny op's cost.
+    # No torch.jit.is_scripting(): it is True only inside TorchScript-compiled code, never in this Python function.
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or _in_onnx_export() or torch.compiler.is_exporting()
 
 
 class DynamicSizeExportError(NotImplementedError):
@@ -82,4 +158,7 @@ def greater(a: Size, b: Size) -> Size:
     return size_min(size_max(a - b, 0), 1)
 
 
-__all__ = ["DynamicSizeExportError", "greater", "is_traced", "pair", "refuse_symbolic_sizes", "size_max", "size_min"]
+__all__ = [
+    "DynamicSizeExportError", "greater", "is_capturing", "is_torchscript", "is_traced", "is_tracing", "pair",
+    "refuse_symbolic_sizes", "size_max", "size_min",
+]

@@ -54,6 +54,22 @@ def available(device: torch.device | str | None = None) -> bool:
     return False
 
 
+def unavailable_reason(device: torch.device | str) -> str:
+    """Why :func:`available` is False for ``device`` (for the dispatcher's reasons)."""
+    dev = torch.device(device)
+    if not _has_triton():
+        return "triton not installed"
+    if torch.compiler.is_compiling() and not forced():
+        return "inside torch.compile the kernels run only when forced"
+    if dev.type == "cuda":
+        return "no CUDA device"
+    if dev.type == "cpu":
+        if not interpreting():
+            return "CPU needs TRITON_INTERPRET=1 (the interpreter, tests only)"
+        return "kernels were imported without the interpreter; set TRITON_INTERPRET=1 before the first use"
+    return f"no kernels for device type {dev.type}"
+
+
 def forced() -> bool:
     """Whether the ``triton`` backend is forced (``use_backend('triton')`` or ``ZOO_BACKEND=triton``)."""
     return forced_backend() == "triton"
@@ -69,4 +85,4 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{name}")
 
 
-__all__ = ["available", "forced", "interpreting", "load"]
+__all__ = ["available", "forced", "interpreting", "load", "unavailable_reason"]
