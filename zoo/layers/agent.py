@@ -44,14 +44,6 @@ from torch import nn
 from .. import ops
 from .mlp import linear_act
 
-
-def _pair(x: int | tuple[int, int], name: str) -> tuple[int, int]:
-    t = (x, x) if isinstance(x, int) else tuple(int(v) for v in x)
-    if len(t) != 2 or min(t) < 1:
-        raise ValueError(f"AgentAttention: {name} must be a positive int or (h, w) pair, got {x!r}")
-    return t
-
-
 # the biases the official code stores as rank 5 ([1, ...]) and the zoo as rank 4
 RANK5_BIASES = ("ah_bias", "aw_bias", "ha_bias", "wa_bias")
 
@@ -128,7 +120,7 @@ class AgentAttention(nn.Module):
             )
         if dwc_kernel < 1 or dwc_kernel % 2 == 0:
             raise ValueError(f"AgentAttention: dwc_kernel must be a positive odd int, got {dwc_kernel}")
-        H0, W0 = _pair(train_size, "train_size")
+        H0, W0 = ops.pair(train_size, name="AgentAttention: train_size")
         if H0 < sr_ratio or W0 < sr_ratio:
             raise ValueError(f"AgentAttention: train_size {(H0, W0)} is smaller than sr_ratio={sr_ratio}")
         self.dim = dim
@@ -136,7 +128,7 @@ class AgentAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.agent_num = agent_num
         self.pool_size = p
-        self.agent_shape = (p, p) if agent_shape is None else _pair(agent_shape, "agent_shape")
+        self.agent_shape = (p, p) if agent_shape is None else ops.pair(agent_shape, name="AgentAttention: agent_shape")
         self.train_size = (H0, W0)
         self.qkv_layout = qkv_layout
         self.sr_ratio = sr_ratio

@@ -21,10 +21,6 @@ from .mlp import _hooked, activation_name, get_act_layer, run_modules
 _PADDINGS = ("same", "symmetric", "valid")
 
 
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
-
-
 def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
     """Total TF 'SAME' padding along one axis of length ``size`` (``total // 2`` goes before).
 
@@ -52,7 +48,7 @@ def pad_same(
 
 def is_static_same(kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1, dilation=1) -> bool:
     """True when 'SAME' padding does not depend on the input size (stride 1, even ``(k-1)·d``)."""
-    k, s, d = _pair(kernel_size), _pair(stride), _pair(dilation)
+    k, s, d = ops.pair(kernel_size), ops.pair(stride), ops.pair(dilation)
     return all(si == 1 and (di * (ki - 1)) % 2 == 0 for ki, si, di in zip(k, s, d))
 
 
@@ -122,8 +118,8 @@ class AvgPool2dSame(nn.Module):
 
     def __init__(self, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None):
         super().__init__()
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride) if stride is not None else self.kernel_size
+        self.kernel_size = ops.pair(kernel_size)
+        self.stride = ops.pair(stride) if stride is not None else self.kernel_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_same(x, self.kernel_size, self.stride)

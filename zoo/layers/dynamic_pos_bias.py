@@ -15,15 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    # a group shape may be traced (CrossFormer's small-map fallback uses the map size): never int() it
-    return (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, x)
+# a group shape may be traced (CrossFormer's small-map fallback uses the map size): pair never int()s it
+from ..ops.sizes import pair
 
 
 def relative_offsets(group_hw: int | tuple[int, int], device=None, dtype=None) -> torch.Tensor:
     """All offsets of a ``gh×gw`` group: ``[(2gh-1)·(2gw-1), 2]`` rows ``(dh, dw)``, ``dh`` outer."""
-    gh, gw = _pair(group_hw)
+    gh, gw = pair(group_hw)
     dh = torch.arange(1 - gh, gh, device=device)
     dw = torch.arange(1 - gw, gw, device=device)
     grid = torch.stack(torch.meshgrid(dh, dw, indexing="ij"), dim=-1)  # [2gh-1, 2gw-1, 2]
@@ -35,7 +33,7 @@ def relative_position_index(group_hw: int | tuple[int, int], device=None) -> tor
 
     The offset is ``pos(i) - pos(j)``; row ``(dh + gh - 1)·(2gw - 1) + (dw + gw - 1)``.
     """
-    gh, gw = _pair(group_hw)
+    gh, gw = pair(group_hw)
     ys = torch.arange(gh, device=device)[:, None].expand(gh, gw).reshape(-1)  # [N], row-major
     xs = torch.arange(gw, device=device)[None, :].expand(gh, gw).reshape(-1)
     dh = ys[:, None] - ys[None, :] + (gh - 1)
@@ -89,7 +87,7 @@ class DynamicPosBias(nn.Module):
         return self.mlp(relative_offsets(group_hw, device=w.device, dtype=w.dtype))
 
     def forward(self, group_hw: int | tuple[int, int]) -> torch.Tensor:
-        gh, gw = _pair(group_hw)
+        gh, gw = pair(group_hw)
         if gh < 1 or gw < 1:
             raise ValueError(f"DynamicPosBias: group shape must be positive, got {(gh, gw)}")
         table = self.table((gh, gw))

@@ -17,12 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.sizes import pair
 from .conv import conv_norm_act
 from .mlp import get_act_layer
-
-
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
 def _check_image(name: str, x: torch.Tensor, in_chans: int) -> None:
@@ -146,7 +143,7 @@ class PatchEmbed(nn.Module):
         dd = {"device": device, "dtype": dtype}
         self.in_chans = in_chans
         self.embed_dim = embed_dim
-        self.patch_size = _pair(patch_size)
+        self.patch_size = pair(patch_size)
         self.pad = pad
         self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, stride=self.patch_size, **dd)
         self.norm = norm_layer(embed_dim, **dd) if norm_layer is not None else nn.Identity()

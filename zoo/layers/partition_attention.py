@@ -16,12 +16,6 @@ from torch import nn
 from .. import ops
 from .mlp import linear_act
 
-
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    # a size may be a SymInt (torch.export) or a 0-d tensor (ONNX tracing) when traced with dynamic H/W
-    return (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, x)
-
-
 _PARTITIONS = ("window", "grid", "interval", "dilated", "global")
 
 
@@ -86,8 +80,8 @@ class PartitionAttention(nn.Module):
         self.num_heads = num_heads
         self.dim_head = dim_head
         self.partition = partition
-        self.size = _pair(size)
-        self.interval = _pair(interval)
+        self.size = ops.pair(size)
+        self.interval = ops.pair(interval)
         self.scale = qk_scale if qk_scale is not None else dim_head**-0.5
         self.mask_padding = mask_padding
         inner = num_heads * dim_head
@@ -165,8 +159,8 @@ class PartitionAttention(nn.Module):
             partition = self.partition
         else:
             _check_partition(partition)
-        size = self.size if size is None else _pair(size)
-        interval = self.interval if interval is None else _pair(interval)
+        size = self.size if size is None else ops.pair(size)
+        interval = self.interval if interval is None else ops.pair(interval)
         B, H, W, C = x.shape
         ops.refuse_symbolic_sizes(f"{type(self).__name__} ({partition} attention)", H, W)
         x, pad = ops.pad_to_multiple(x, self._multiple(partition, size, interval))

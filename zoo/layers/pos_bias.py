@@ -33,19 +33,13 @@ _LAYOUTS = ("tf", "swin")
 _MODES = ("geometric", "bicubic")
 
 
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    # ints are normalised (numpy ints, bools); traced sizes (SymInt, 0-d tensors) are kept, never int()-ed
-    h, w = ops.sizes.pair(x)
-    return tuple(v if ops.is_traced(v) else int(v) for v in (h, w))
-
-
 def relative_position_index(window: int | tuple[int, int], layout: str = "swin", device=None) -> torch.Tensor:
     """Index ``[N, N]`` of the (flattened) offset of key ``j`` seen from query ``i`` in a ``wh×ww`` window.
 
     ``layout="swin"``: ``(q_r - k_r + wh - 1)·(2ww - 1) + (q_c - k_c + ww - 1)`` (Swin's
     ``relative_position_index``); ``layout="tf"``: the same with key minus query (the transpose).
     """
-    wh, ww = _pair(window)
+    wh, ww = ops.pair(window)
     rows = torch.arange(wh, device=device).repeat_interleave(ww)  # [N] row of token n
     cols = torch.arange(ww, device=device).repeat(wh)
     if layout == "swin":
@@ -164,11 +158,11 @@ def resize_rel_pos_bias_table(
 
     Returns the same table object when the sizes already match.
     """
-    dst = _vocab(_pair(new_window))
+    dst = _vocab(ops.pair(new_window))
     if table.dim() == 3:
         heads = table.shape[0]
         src = (table.shape[1], table.shape[2])
-        if old_window is not None and _vocab(_pair(old_window)) != src:
+        if old_window is not None and _vocab(ops.pair(old_window)) != src:
             raise ValueError(f"old_window={old_window} does not match a table of shape {tuple(table.shape)}")
         grid = table
     elif table.dim() == 2:
@@ -179,7 +173,7 @@ def resize_rel_pos_bias_table(
                 raise ValueError(f"non-square table {tuple(table.shape)}: pass old_window to give its window")
             src = (side, side)
         else:
-            src = _vocab(_pair(old_window))
+            src = _vocab(ops.pair(old_window))
             if src[0] * src[1] != n:
                 raise ValueError(f"old_window={old_window} does not fit a table {tuple(table.shape)}")
         grid = table.t().reshape(heads, src[0], src[1])
@@ -224,7 +218,7 @@ class RelPosBias(nn.Module):
         resize_mode = resize_mode or ("geometric" if layout == "tf" else "bicubic")
         if resize_mode not in _MODES:
             raise ValueError(f"resize_mode must be one of {_MODES}, got {resize_mode!r}")
-        self.window_size = _pair(window_size)
+        self.window_size = ops.pair(window_size)
         if min(self.window_size) < 1 or num_heads < 1:
             raise ValueError(f"window_size and num_heads must be positive, got {window_size}, {num_heads}")
         self.num_heads = num_heads
@@ -253,7 +247,7 @@ class RelPosBias(nn.Module):
         return t.t().reshape(self.num_heads, vh, vw)
 
     def forward(self, group_hw: int | tuple[int, int] | None = None) -> torch.Tensor:
-        gh, gw = self.window_size if group_hw is None else _pair(group_hw)
+        gh, gw = self.window_size if group_hw is None else ops.pair(group_hw)
         if gh < 1 or gw < 1:
             raise ValueError(f"RelPosBias: group shape must be positive, got {(gh, gw)}")
         n = gh * gw

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
+
 
 def _hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (size[0], size[1])
@@ -69,7 +71,7 @@ def resample_abs_pos_embed(
         )
     if nh <= 0 or nw <= 0:
         raise ValueError(f"resample_abs_pos_embed: new_hw must be positive, got {nh}x{nw}")
-    exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
+    exporting = ops.is_tracing()
     if not exporting and (oh, ow) == (nh, nw):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]

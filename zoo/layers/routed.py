@@ -26,10 +26,6 @@ from .. import ops
 from .mlp import linear_act
 
 
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
-
-
 class DWConvPos(nn.Conv2d):
     """Depthwise ``kernel×kernel`` convolution on ``[B, H, W, C]`` → ``[B, H, W, C]`` (same padding, bias).
 
@@ -114,8 +110,9 @@ class BiLevelRoutingAttention(nn.Module):
             raise ValueError(
                 f"{name}: num_heads={num_heads} must divide dim={dim} and qk_dim={qk_dim}; pick a divisor"
             )
-        if isinstance(n_win, bool) or not isinstance(n_win, (int, tuple, list)) or min(_pair(n_win)) < 1:
+        if isinstance(n_win, bool) or not isinstance(n_win, (int, tuple, list)):
             raise ValueError(f"{name}: n_win must be a positive int or (nh, nw), got {n_win!r}")
+        n_win = ops.pair(n_win, name=f"{name}: n_win")
         if isinstance(topk, bool) or not isinstance(topk, int) or (topk < 1 and topk != -1):
             raise ValueError(f"{name}: topk must be a positive int, or -1 for dense attention, got {topk!r}")
         if isinstance(side_dwconv, bool) or not isinstance(side_dwconv, int) or side_dwconv < 0 or (
@@ -133,7 +130,7 @@ class BiLevelRoutingAttention(nn.Module):
         self.dim = dim
         self.qk_dim = qk_dim
         self.num_heads = num_heads
-        self.n_win = _pair(n_win)
+        self.n_win = n_win
         self.topk = topk
         self.scale = qk_scale or qk_dim**-0.5
         self.lepe_on = lepe_on

@@ -23,6 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
+from .. import ops
 from ..ops._checks import NonFiniteError
 
 # name -> builder. Builders take explicit keyword arguments (see the type aliases) plus device/dtype.
@@ -122,7 +123,7 @@ class Stage(nn.Module):
 
 def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int) -> None:
     """One clear error for each kind of bad image batch: rank, channels, size, NaN/Inf (with where)."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+    if ops.is_capturing():
         return
     if x.dim() != 4:
         raise ValueError(

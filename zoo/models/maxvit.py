@@ -31,6 +31,7 @@ from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from ..layers import Block, MaxViTStem, MBConv, PartitionAttention, RelPosBias, resize_rel_pos_bias_tables
+from ..ops import pair
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_stem
 from ._convert import check_fits, guess_family, unwrap_state_dict
 
@@ -42,10 +43,6 @@ __all__ = [
     "maxvit_cfg_from_official",
     "parity_model",
 ]
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -112,8 +109,8 @@ class MaxViTBlock(nn.Module):
                 f"MaxViTBlock: dim_head={dim_head} must divide dim={dim} (heads = dim // dim_head); "
                 f"choose widths that are multiples of dim_head"
             )
-        window = _pair(window_size)
-        grid = window if grid_size is None else _pair(grid_size)
+        window = pair(window_size)
+        grid = window if grid_size is None else pair(grid_size)
         if min(window) < 1 or min(grid) < 1:
             raise ValueError(
                 f"MaxViTBlock: window_size {window} and grid_size {grid} must be >= 1 "
@@ -208,9 +205,9 @@ def maxvit_cfg(
     """
     if len(embed_dim) != len(depths):
         raise ValueError(f"maxvit_cfg: {len(embed_dim)} embed_dim for {len(depths)} depths; give one per stage")
-    window = _pair(window_size)
-    grid = window if grid_size is None else _pair(grid_size)
-    stem = _pair(stem_width)
+    window = pair(window_size)
+    grid = window if grid_size is None else pair(grid_size)
+    stem = pair(stem_width)
     stages, prev = [], stem[1]
     for d, c in zip(depths, embed_dim):
         stages.append(StageCfg(
@@ -280,7 +277,7 @@ def maxvit_cfg_from_official(official_kwargs: dict[str, Any]) -> tuple[NetCfg, d
         num_classes=kw.pop("num_classes", 1000), in_chans=kw.pop("in_chans", 3),
         drop_path_rate=kw.pop("drop_path_rate", 0.0),
     )
-    img = _pair(kw.pop("img_size", 224))
+    img = pair(kw.pop("img_size", 224))
     v = {k: kw.pop(k, d) for k, d in _OFFICIAL_DEFAULTS.items()}
     if kw:
         raise ValueError(
@@ -292,8 +289,8 @@ def maxvit_cfg_from_official(official_kwargs: dict[str, Any]) -> tuple[NetCfg, d
     if v["transformer_window_size"] is None:  # timm cfg_window_size: both from img_size
         window = grid = part
     else:
-        window = _pair(v["transformer_window_size"])
-        grid = window if v["transformer_grid_size"] is None else _pair(v["transformer_grid_size"])
+        window = pair(v["transformer_window_size"])
+        grid = window if v["transformer_grid_size"] is None else pair(v["transformer_grid_size"])
     cfg = maxvit_cfg(
         embed_dim=tuple(v["embed_dim"]), depths=tuple(v["depths"]), stem_width=v["stem_width"],
         head_hidden_size=v["head_hidden_size"], dim_head=int(v["transformer_dim_head"]),
@@ -323,13 +320,13 @@ class MaxViT(Backbone):
         dtype=None,
     ):
         if img_size is not None:
-            hw = _pair(img_size)
+            hw = pair(img_size)
             if min(hw) < 32:
                 raise ValueError(f"MaxViT: img_size {hw} gives a window of img_size // 32 = 0; use >= 32")
             cfg = _with_window(cfg, (hw[0] // 32, hw[1] // 32))
         super().__init__(cfg, num_classes, in_chans, global_pool, drop_rate, drop_path_rate,
                          device=device, dtype=dtype)
-        self.img_size = None if img_size is None else _pair(img_size)
+        self.img_size = None if img_size is None else pair(img_size)
         stem_stride = 2
         for i, info in enumerate(self.feature_info):
             info["reduction"] = stem_stride * 2 ** (i + 1)
