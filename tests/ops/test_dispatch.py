@@ -65,6 +65,11 @@ def test_env_var_is_read_once_and_refresh_rereads_it(monkeypatch):
     ops.attention(q, k, v)
     assert ops.last_path("attention") == "reference"
     assert "forced: reference by ZOO_BACKEND='reference'" in ops.explain()
+    with ops.use_backend(None):  # None: what ZOO_BACKEND says
+        assert ops.forced_backend() == "reference"
+    with ops.use_backend("sdpa"):  # the context manager wins
+        ops.attention(q, k, v)
+    assert ops.last_path("attention") == "sdpa"
     monkeypatch.setenv("ZOO_BACKEND", "nope")
     ops.refresh()
     with pytest.raises(ValueError, match="ZOO_BACKEND='nope' is not a backend"):
@@ -306,7 +311,8 @@ def test_torch_export_takes_the_reference_path_by_itself():
         return any("scaled_dot_product" in str(n.target) for n in ep.graph.nodes)
 
     assert not has_sdpa(torch.export.export(Attn(), (q,)))
-    torch.jit.trace(Attn(), (q,), check_trace=False)  # TorchScript: sdpa, recorded as an export decision
+    with torch.no_grad():  # TorchScript (inference): sdpa, recorded as an export decision
+        torch.jit.trace(Attn(), (q,), check_trace=False)
     assert ops.last_decision("attention").mode == "export" and ops.last_path("attention") == "sdpa"
     with ops.use_backend("sdpa"):
         assert has_sdpa(torch.export.export(Attn(), (q,)))

@@ -164,7 +164,8 @@ def forced_backend() -> str | None:
 
 @contextlib.contextmanager
 def use_backend(name: str | None, strict: bool = False) -> Iterator[None]:
-    """Force every op inside the block to run on ``name`` where it can (``None`` restores auto).
+    """Force every op inside the block to run on ``name`` where it can (``None``: what ``ZOO_BACKEND`` says, else
+    auto).
 
     Where an op has the path but it cannot run a call, the call falls back to the op's default (recorded for
     :func:`explain`), or with ``strict=True`` raises :class:`BackendUnavailableError` giving the reasons. Ops
@@ -172,7 +173,7 @@ def use_backend(name: str | None, strict: bool = False) -> Iterator[None]:
     """
     if name is not None and name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
-    token = _forced.set((name, strict) if name is not None else (None, False))
+    token = _forced.set((name, strict) if name is not None else None)
     try:
         yield
     finally:
@@ -367,11 +368,14 @@ def _decide_export(op: str, device: torch.device, dtype: torch.dtype, forced: st
     return Decision(op, chosen, device, dtype, forced, refused, "export")
 
 
-def select(op: str, device: torch.device, dtype: torch.dtype, **signature) -> Impl:
+def select(op: str, device: torch.device, dtype: torch.dtype, signature_of: Callable[[], dict] | None = None,
+           **signature) -> Impl:
     """The implementation of ``op`` for this call (cached per key), remembered for :func:`last_path`.
 
     ``signature``: what the op's ``supports`` rules need to know about the call, as hashable values (sizes,
-    flags such as ``needs_grad``), never tensors.
+    flags such as ``needs_grad``), never tensors. ``signature_of``: a function returning more of it, called
+    only in eager mode, for facts that must not be computed while a graph is captured (arithmetic on sizes
+    there guards the graph on them: ``torch.export`` with a dynamic batch would refuse other batch sizes).
     """
     f = _forced.get()
     forced, strict = f if f is not None else _env_forced
@@ -382,6 +386,8 @@ def select(op: str, device: torch.device, dtype: torch.dtype, **signature) -> Im
         if torch.compiler.is_compiling():  # torch.export: no side effect in the traced code
             return d.impl
     else:
+        if signature_of is not None:
+            signature.update(signature_of())
         key = (op, device, dtype, forced, strict, *signature.items())
         d = _DECISIONS.get(key)
         if d is None:

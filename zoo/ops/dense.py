@@ -166,12 +166,15 @@ def linear(
             f"linear: input has {x.shape[-1]} features (shape {tuple(x.shape)}), weight expects "
             f"{weight.shape[-1]} (weight {tuple(weight.shape)})"
         )
+    impl = select("linear", x.device, x.dtype, lambda: _linear_signature(x, weight, bias))
+    return impl.fn(x, weight, bias, act)
+
+
+def _linear_signature(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> dict:
     small = x.numel() * weight.shape[0] < ONEDNN_MIN_MACS
     if small and forced_backend() != "onednn":  # oneDNN refuses whatever else holds: one cheap key
-        impl = select("linear", x.device, x.dtype, small=True)
-    else:
-        impl = select("linear", x.device, x.dtype, small=small, **_signature(x.dtype, (x, weight, bias)))
-    return impl.fn(x, weight, bias, act)
+        return {"small": True}
+    return {"small": small, **_signature(x.dtype, (x, weight, bias))}
 
 
 # ----------------------------------------------------------------------------------------------- conv2d
@@ -216,8 +219,11 @@ def conv2d(
     if x.dim() != 4:
         raise ValueError(f"conv2d expects [B, C, H, W], got shape {tuple(x.shape)}")
     stride, padding, dilation = _conv_args(stride, padding, dilation)
-    sig = _signature(x.dtype, (x, weight, bias))
-    if bn is not None:  # the statistics' gradients (a BatchNorm in training mode) need the reference path
-        sig["needs_grad"] = sig["needs_grad"] or _needs_grad(bn.running_mean, bn.running_var, bn.weight, bn.bias)
-    impl = select("conv2d", x.device, x.dtype, **sig)
+    def signature() -> dict:
+        sig = _signature(x.dtype, (x, weight, bias))
+        if bn is not None:  # the statistics' gradients (a BatchNorm in training mode) need the reference path
+            sig["needs_grad"] = sig["needs_grad"] or _needs_grad(bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        return sig
+
+    impl = select("conv2d", x.device, x.dtype, signature)
     return impl.fn(x, weight, bias, stride, padding, dilation, groups, act, bn)
