@@ -47,7 +47,7 @@ def test_wheel_holds_the_code_the_data_and_the_license(wheel):
     want |= {f"zoo_recipes/{p.relative_to(ROOT / 'recipes')}" for p in (ROOT / "recipes").rglob("*.py")}
     want |= {f"zoo_recipes/configs/{p.name}" for p in (ROOT / "recipes" / "configs").glob("*.yaml")}
     want |= {f"zoo_tools/{p.name}" for p in (ROOT / "tools").glob("*.py")}
-    want |= {"zoo/weights/manifest.json", "zoo-0.1.0.dist-info/licenses/LICENSE"}
+    want |= {"zoo/weights/manifest.json", "zoo/ops/validated.json", "zoo-0.1.0.dist-info/licenses/LICENSE"}
     missing = sorted(want - names)
     assert not missing, f"not in the wheel (add new packages to [tool.setuptools] packages): {missing}"
     assert not [n for n in names if n.split("/", 1)[0] in ("recipes", "tools", "data", "tests")], "generic names"
