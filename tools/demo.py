@@ -243,6 +243,37 @@ def _settings_callback(settings: dict) -> Any:
     return _SaveSettings()
 
 
+def _fit(module: Any, dm: Any, out: Path, args: argparse.Namespace, settings: dict, resume_from: Path | None,
+         **trainer_kw: Any) -> tuple[Any, float]:
+    """Fit ``module`` on ``dm`` in ``out`` (checkpoints twice an epoch, atomic writes, CSV/TensorBoard logs, the
+    settings in every checkpoint for ``--resume``); a full disk or unreadable data ends with one ``error:`` line,
+    not a traceback. ``trainer_kw`` adds task-specific Trainer options. Returns the trainer and the fit seconds."""
+    import lightning.pytorch as pl
+
+    from recipes.common import (
+        AtomicCheckpointIO,
+        CheckpointWriteError,
+        DataSkipError,
+        default_callbacks,
+        default_loggers,
+    )
+
+    steps_per_epoch = len(dm.train_dataloader())
+    callbacks = default_callbacks(out, every_n_train_steps=max(20, steps_per_epoch // 2), monitor=module.monitor,
+                                  mode=module.monitor_mode, progress_bar=sys.stdout.isatty())
+    callbacks.append(_settings_callback(settings))
+    trainer = pl.Trainer(default_root_dir=str(out), max_epochs=args.epochs, accelerator="auto", devices=1,
+                         precision=args.precision, gradient_clip_val=1.0, callbacks=callbacks,
+                         logger=default_loggers(out), plugins=[AtomicCheckpointIO()], log_every_n_steps=10,
+                         enable_progress_bar=sys.stdout.isatty(), enable_model_summary=False, **trainer_kw)
+    t_fit = time.perf_counter()
+    try:
+        trainer.fit(module, dm, ckpt_path=str(resume_from) if resume_from else None)
+    except (CheckpointWriteError, DataSkipError) as err:  # disk full, data unreadable: one line, not 40 frames
+        raise SystemExit(f"error: {err}") from None
+    return trainer, time.perf_counter() - t_fit
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # run settings default to None here: --resume fills what was not given from the checkpoint
@@ -301,13 +332,6 @@ def _run(args: argparse.Namespace, given: set[str], out: Path) -> None:
     import zoo  # noqa: F401 - registers the zoo models
     from recipes.checkpoint import load_model
     from recipes.classification import ClassificationModule
-    from recipes.common import (
-        AtomicCheckpointIO,
-        CheckpointWriteError,
-        DataSkipError,
-        default_callbacks,
-        default_loggers,
-    )
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -339,21 +363,7 @@ def _run(args: argparse.Namespace, given: set[str], out: Path) -> None:
     module = ClassificationModule(args.model, num_classes=dm.num_classes, img_size=args.img_size, lr=args.lr,
                                   weight_decay=args.weight_decay, warmup=0.05,
                                   label_smoothing=args.label_smoothing)
-    steps_per_epoch = len(dm.train_dataloader())
-    callbacks = default_callbacks(out, every_n_train_steps=max(20, steps_per_epoch // 2), monitor=module.monitor,
-                                  mode=module.monitor_mode, progress_bar=sys.stdout.isatty())
-    callbacks.append(_settings_callback(settings))
-    trainer = pl.Trainer(default_root_dir=str(out), max_epochs=args.epochs, accelerator="auto", devices=1,
-                         precision=args.precision, gradient_clip_val=1.0, callbacks=callbacks,
-                         logger=default_loggers(out), plugins=[AtomicCheckpointIO()], log_every_n_steps=10,
-                         enable_progress_bar=sys.stdout.isatty(), enable_model_summary=False,
-                         use_distributed_sampler=False)
-    t_fit = time.perf_counter()
-    try:
-        trainer.fit(module, dm, ckpt_path=str(resume_from) if resume_from else None)
-    except (CheckpointWriteError, DataSkipError) as err:  # disk full, data unreadable: one line, not 40 frames
-        raise SystemExit(f"error: {err}") from None
-    fit_s = time.perf_counter() - t_fit
+    trainer, fit_s = _fit(module, dm, out, args, settings, resume_from, use_distributed_sampler=False)
     best = trainer.checkpoint_callback.best_model_path or str(out / "checkpoints" / "last.ckpt")
     print(f"trained {trainer.global_step} steps in {fit_s / 60:.1f} min; best checkpoint: {best}", flush=True)
 
@@ -608,13 +618,6 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     import torch
 
     from recipes.checkpoint import load_model
-    from recipes.common import (
-        AtomicCheckpointIO,
-        CheckpointWriteError,
-        DataSkipError,
-        default_callbacks,
-        default_loggers,
-    )
 
     key = "det-deepforest" if args.task == "det" and args.data == "deepforest" else args.task
     for k, v in {**DEFAULTS, **DENSE_DEFAULTS[key]}.items():
@@ -644,21 +647,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
           f"load average {_load()}, CUDA {'yes' if torch.cuda.is_available() else 'no'}", flush=True)
 
     module = _dense_module(args, dm)
-    steps_per_epoch = len(dm.train_dataloader())
-    callbacks = default_callbacks(out, every_n_train_steps=max(20, steps_per_epoch // 2), monitor=module.monitor,
-                                  mode=module.monitor_mode, progress_bar=sys.stdout.isatty())
-    callbacks.append(_settings_callback(settings))
-    trainer = pl.Trainer(default_root_dir=str(out), max_epochs=args.epochs, accelerator="auto", devices=1,
-                         precision=args.precision, gradient_clip_val=1.0, callbacks=callbacks,
-                         logger=default_loggers(out), plugins=[AtomicCheckpointIO()], log_every_n_steps=10,
-                         enable_progress_bar=sys.stdout.isatty(), enable_model_summary=False,
-                         num_sanity_val_steps=0)
-    t_fit = time.perf_counter()
-    try:
-        trainer.fit(module, dm, ckpt_path=str(resume_from) if resume_from else None)
-    except (CheckpointWriteError, DataSkipError) as err:
-        raise SystemExit(f"error: {err}") from None
-    fit_s = time.perf_counter() - t_fit
+    trainer, fit_s = _fit(module, dm, out, args, settings, resume_from, num_sanity_val_steps=0)
     best = trainer.checkpoint_callback.best_model_path or str(out / "checkpoints" / "last.ckpt")
     best_score = trainer.checkpoint_callback.best_model_score
     print(f"trained {trainer.global_step} steps in {fit_s / 60:.1f} min; best checkpoint: {best}", flush=True)
