@@ -24,3 +24,22 @@ def _load_tool(name: str) -> ModuleType:
 def load_tool() -> Callable[[str], ModuleType]:
     """``load_tool("export")`` -> the module of ``tools/export.py``, to call its ``main(argv)`` in-process."""
     return _load_tool
+
+
+@pytest.fixture(scope="session")
+def make_scenes(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], Path]:
+    """``make_scenes(n_train, n_val)`` -> a folder of 64 px scenes composited from the embedded Fashion-MNIST
+    items (1-3 per scene; COCO boxes and masks), seed 0; skips when the embedded data is not there."""
+    from recipes.data.composite import SceneConfig, load_fashion_mnist, write_scenes
+
+    def make(n_train: int, n_val: int) -> Path:
+        try:
+            fmnist = load_fashion_mnist()
+        except FileNotFoundError as err:
+            pytest.skip(str(err))
+        root = tmp_path_factory.mktemp("scenes")
+        cfg = SceneConfig(size=64, max_items=3, max_scale=1.5)
+        write_scenes(root, n_train, n_val, seed=0, cfg=cfg, fashion_mnist=fmnist)
+        return root
+
+    return make

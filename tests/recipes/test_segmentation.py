@@ -14,20 +14,13 @@ from PIL import Image
 import zoo  # noqa: F401  (registers the zoo models in timm)
 from recipes.checkpoint import load_model
 from recipes.common import AtomicCheckpointIO, default_callbacks, default_loggers
-from recipes.data.composite import SceneConfig, load_fashion_mnist, write_scenes
 from recipes.data.masks import MaskFolder, MaskFolderDataModule, collate_masks
 from recipes.segmentation import SegmentationModule, build_segmenter
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        fmnist = load_fashion_mnist()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    root = tmp_path_factory.mktemp("scenes")
-    write_scenes(root, 6, 2, seed=0, cfg=SceneConfig(size=64, max_items=3, max_scale=1.5), fashion_mnist=fmnist)
-    return root
+def scenes(make_scenes) -> Path:
+    return make_scenes(6, 2)
 
 
 SMALL = {"upernet": {"decoder_channels": 32},

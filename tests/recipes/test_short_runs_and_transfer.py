@@ -14,7 +14,6 @@ import zoo  # noqa: F401  (registers the zoo models in timm)
 from recipes.classification import ClassificationModule
 from recipes.common import AtomicCheckpointIO, default_callbacks, default_loggers
 from recipes.data.coco import CocoDataModule
-from recipes.data.composite import SceneConfig, load_fashion_mnist, write_scenes
 from recipes.data.masks import MaskFolderDataModule
 from recipes.detection import DetectionModule
 from recipes.segmentation import SegmentationModule
@@ -24,14 +23,8 @@ FAST = dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=20, rpn_pre_nm
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        fmnist = load_fashion_mnist()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    root = tmp_path_factory.mktemp("scenes")
-    write_scenes(root, 8, 2, seed=0, cfg=SceneConfig(size=64, max_items=3, max_scale=1.5), fashion_mnist=fmnist)
-    return root
+def scenes(make_scenes) -> Path:
+    return make_scenes(8, 2)
 
 
 def _trainer(root: Path, max_steps: int, monitor: str) -> L.Trainer:

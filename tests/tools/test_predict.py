@@ -13,7 +13,6 @@ from PIL import Image
 
 import zoo  # noqa: F401  (registers the zoo models in timm)
 from recipes.classification import ClassificationModule
-from recipes.data.composite import SceneConfig, load_fashion_mnist, write_scenes
 from recipes.detection import DetectionModule
 from recipes.segmentation import SegmentationModule
 
@@ -22,14 +21,8 @@ NAMES = ["bg", "a", "b", "c"]
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        fmnist = load_fashion_mnist()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    root = tmp_path_factory.mktemp("scenes")
-    write_scenes(root, 4, 3, seed=0, cfg=SceneConfig(size=64, max_items=3, max_scale=1.5), fashion_mnist=fmnist)
-    return root
+def scenes(make_scenes) -> Path:
+    return make_scenes(4, 3)
 
 
 def _ckpt(module: torch.nn.Module, path: Path) -> Path:
