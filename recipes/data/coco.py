@@ -4,39 +4,61 @@ Reads any COCO instances json + image folder (the converted DeepForest tiles, th
 or your own). Categories are mapped to contiguous labels ``1..K`` (0 is the detectors' background);
 ``category_ids[label - 1]`` maps back.
 
-Bad annotations are skipped with one warning per reason and file and counted by reason in ``skipped``:
-``unknown_category`` (category id not in ``categories``), ``zero_area`` (width or height <= 0, or not
-finite), ``box_outside_image`` (a corner more than ``tolerance`` px outside the image; boxes within the
-tolerance are clipped). Crowd annotations (``iscrowd=1``) are left out of the targets and counted as
-``crowd``. An image that cannot be read, or whose decoded size differs from the json's ``width``/``height``
-(its boxes would be wrong; torchvision would fail later without naming the file), is skipped: ``None`` from
-``__getitem__``, dropped by ``collate_detection``. Every skipped annotation (split ``<split>/annotations``)
-and image (split ``<split>``) is also recorded, once, with its reason and file, in the datamodule's
-``skip_counter`` (``recipes.common.SkipCounter``, shared with DataLoader workers; logged as ``data/skipped``;
-the run stops when more than ``max_skip_fraction`` of a split is skipped). Images of any PIL mode are
-converted by ``recipes.data.images.to_rgb``. A wrong path, an empty dataset or train/val categories that
-differ raise before training. Training batches are never of size one (BatchNorm).
+Samples come from torchvision: ``torchvision.datasets.CocoDetection`` (pycocotools' index) wrapped by
+``torchvision.datasets.wrap_dataset_for_transforms_v2`` (boxes as ``tv_tensors.BoundingBoxes``, instance masks
+decoded from polygons/RLE as ``tv_tensors.Mask``), then ``torchvision.transforms.v2``: ``ClampBoundingBoxes``,
+``RandomHorizontalFlip`` (training) and ``SanitizeBoundingBoxes``. What stays hand-written, and why:
+
+- the json check before pycocotools sees the file (torchvision and pycocotools neither validate annotations nor
+  say which one is bad): a wrong path, an empty dataset, a file without ``images``/``annotations``/``categories``
+  or train/val categories that differ raise before training, and bad annotations are skipped with one warning
+  per reason and file and counted by reason in ``skipped``: ``unknown_category`` (category id not in
+  ``categories``), ``zero_area`` (width or height <= 0 or not finite, or under ``MIN_BOX_SIZE`` px once clipped
+  to the image: the size ``SanitizeBoundingBoxes`` would drop unseen), ``box_outside_image`` (a corner more than
+  ``tolerance`` px outside the image; boxes within the tolerance are clipped). Crowd annotations (``iscrowd=1``)
+  are left out of the targets and counted as ``crowd``. Only the annotations that pass reach pycocotools, with
+  their category already mapped to its label and, with ``with_masks``, the box as the polygon of an annotation
+  that has no segmentation (torchvision's wrapper needs one for every annotation);
+- skip-and-count of images: an image that cannot be read, or whose decoded size differs from the json's
+  ``width``/``height`` (its boxes would be wrong; torchvision would fail later without naming the file), is
+  skipped: ``None`` from ``__getitem__``, dropped by ``collate_detection``. Images are read with
+  ``recipes.data.images.to_rgb`` (torchvision's ``convert("RGB")`` clips 16-bit images and drops alpha);
+- an image left without annotations: the wrapper then returns only ``image_id``, so empty ``boxes``/``labels``
+  (and ``masks``) are filled in: such an image stays, a negative sample.
+
+Every skipped annotation (split ``<split>/annotations``) and image (split ``<split>``) is also recorded, once,
+with its reason and file, in the datamodule's ``skip_counter`` (``recipes.common.SkipCounter``, shared with
+DataLoader workers; logged as ``data/skipped``; the run stops when more than ``max_skip_fraction`` of a split is
+skipped); a box that ``SanitizeBoundingBoxes`` drops at run time (only a transform that moves boxes can make
+one) is recorded as ``degenerate_box``. Training batches are never of size one (BatchNorm).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets as tv_datasets
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from recipes.common import SkipCounter
 from recipes.data.images import to_rgb
 
 ANNOTATION_REASONS = ("unknown_category", "zero_area", "box_outside_image")
+MIN_BOX_SIZE = 1.0
+"""Smallest box side (px) kept: ``SanitizeBoundingBoxes``' ``min_size`` (it refuses anything smaller)."""
 
 
 def _require(path: str | Path, what: str) -> Path:
@@ -46,6 +68,37 @@ def _require(path: str | Path, what: str) -> Path:
     return path
 
 
+class _Unreadable(Exception):
+    """An image file that PIL or ``to_rgb`` could not turn into RGB (the dataset counts it and skips it)."""
+
+    def __init__(self, path: str, err: Exception) -> None:
+        super().__init__(f"{type(err).__name__}: {err}")
+        self.path = path
+
+
+class _TorchvisionCoco(tv_datasets.CocoDetection):
+    """torchvision's ``CocoDetection`` over an instances dict that was already checked in memory (so the file is
+    not parsed twice and the skipped annotations never reach pycocotools), reading images with ``to_rgb``."""
+
+    def __init__(self, root: str | Path, doc: dict[str, Any]) -> None:
+        tv_datasets.VisionDataset.__init__(self, root)
+        from pycocotools.coco import COCO
+
+        self.coco = COCO()
+        self.coco.dataset = doc
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+            self.coco.createIndex()
+        self.ids = sorted(self.coco.imgs.keys())
+
+    def _load_image(self, id: int) -> Image.Image:
+        path = os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"])
+        try:
+            with Image.open(path) as img:
+                return to_rgb(img)
+        except (OSError, ValueError) as err:
+            raise _Unreadable(path, err) from err
+
+
 class CocoDetection(Dataset):
     """One COCO split. Item: ``(image [3, H, W] float 0..1, target)``, or ``None`` if unreadable or of another
     size than the json says (recorded in ``skip_counter`` under ``split``).
@@ -53,6 +106,7 @@ class CocoDetection(Dataset):
     ``target``: ``boxes`` [N, 4] xyxy float, ``labels`` [N] int64 in 1..K, ``image_id`` int,
     and with ``with_masks`` also ``masks`` [N, H, W] uint8 (from polygons/RLE; a box-filled mask when
     an annotation has no segmentation). ``hflip``: probability of a horizontal flip (training).
+    All are plain tensors (the ``tv_tensors`` types are unwrapped after the transforms).
     """
 
     def __init__(
@@ -116,6 +170,29 @@ class CocoDetection(Dataset):
                 self.skip_counter.add(reason, f"{self.ann_file}:{reason}",
                                       f"{self.skipped[reason]} annotations (first: id {first_id[reason]})",
                                       n=self.skipped[reason], split=f"{split}/annotations")
+        self._source = tv_datasets.wrap_dataset_for_transforms_v2(
+            _TorchvisionCoco(self.image_dir, self._checked_doc(cats)),
+            target_keys={"image_id", "boxes", "labels", *(("masks",) if with_masks else ())},
+        )
+        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.ClampBoundingBoxes()]
+        if hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(hflip))
+        steps.append(v2.SanitizeBoundingBoxes(min_size=MIN_BOX_SIZE))
+        self.transforms = v2.Compose(steps)
+
+    def _checked_doc(self, cats: list[dict]) -> dict[str, Any]:
+        """The instances dict pycocotools indexes: the kept images and annotations, each annotation with its
+        label as ``category_id``, a float box, and (with masks) its box as polygon when it has no segmentation."""
+        anns = []
+        for image_anns in self.annotations.values():
+            for ann in image_anns:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                ann = {**ann, "bbox": [x, y, w, h], "category_id": self.label_of[ann["category_id"]]}
+                if self.with_masks and not ann.get("segmentation"):
+                    ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+                anns.append(ann)
+        return {"images": self.images, "annotations": anns,
+                "categories": [{"id": self.label_of[int(c["id"])], "name": str(c.get("name", c["id"]))} for c in cats]}
 
     @staticmethod
     def _check(ann: dict, label_of: dict, size: tuple, tol: float) -> str | None:
@@ -133,10 +210,10 @@ class CocoDetection(Dataset):
         if width is not None and height is not None:
             if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
                 return "box_outside_image"
-            x0, y0 = max(x, 0.0), max(y, 0.0)
-            x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-            if x1 - x0 <= 0 or y1 - y0 <= 0:
-                return "zero_area"
+            w = min(x + w, float(width)) - max(x, 0.0)
+            h = min(y + h, float(height)) - max(y, 0.0)
+        if w < MIN_BOX_SIZE or h < MIN_BOX_SIZE:
+            return "zero_area"
         return None
 
     @property
@@ -147,62 +224,41 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _masks(self, anns: list, height: int, width: int) -> torch.Tensor:
-        from pycocotools import mask as mask_utils
-
-        out = np.zeros((len(anns), height, width), dtype=np.uint8)
-        for i, ann in enumerate(anns):
-            seg = ann.get("segmentation")
-            if not seg:
-                x, y, w, h = ann["bbox"]
-                out[i, int(y):int(math.ceil(y + h)), int(x):int(math.ceil(x + w))] = 1
-                continue
-            if isinstance(seg, list):
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-            elif isinstance(seg.get("counts"), list):
-                rle = mask_utils.frPyObjects(seg, height, width)
-            else:
-                rle = seg
-            out[i] = mask_utils.decode(rle)
-        return torch.from_numpy(out)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
         info = self.images[index]
-        path = self.image_dir / info["file_name"]
         try:
-            with Image.open(path) as img:
-                array = np.asarray(to_rgb(img), dtype=np.uint8).copy()
-        except (OSError, ValueError) as err:
-            self.skip_counter.add("unreadable_image", str(path), f"{type(err).__name__}: {err}", split=self.split)
+            image, target = self._source[index]
+        except _Unreadable as err:
+            self.skip_counter.add("unreadable_image", err.path, str(err), split=self.split)
             return None
-        height, width = array.shape[:2]
+        width, height = image.size
         json_size = (info.get("width"), info.get("height"))
         if json_size != (None, None) and json_size != (width, height):
             self.skip_counter.add(
-                "size_mismatch", str(path),
+                "size_mismatch", str(self.image_dir / info["file_name"]),
                 f"{self.ann_file} says {json_size[0]}x{json_size[1]} (width x height) for image id {info['id']}, "
                 f"the file decodes to {width}x{height}; fix the json's width/height (and check the boxes)",
                 split=self.split)
             return None
-        image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
-        anns = self.annotations[info["id"]]
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        target: dict[str, Any] = {
-            "boxes": boxes,
-            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
-            "image_id": int(info["id"]),
+        if "boxes" not in target:  # no annotations: torchvision's wrapper gives only the image id
+            target["boxes"] = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(height, width))
+            target["labels"] = torch.zeros(0, dtype=torch.int64)
+            if self.with_masks:
+                target["masks"] = tv_tensors.Mask(torch.zeros(0, height, width, dtype=torch.uint8))
+        n_boxes = len(target["labels"])
+        image, target = self.transforms(image, target)
+        if len(target["labels"]) < n_boxes:
+            self.skip_counter.add("degenerate_box", str(self.image_dir / info["file_name"]),
+                                  f"{n_boxes - len(target['labels'])} boxes under {MIN_BOX_SIZE:g} px after the "
+                                  "transforms", n=n_boxes - len(target["labels"]), split=f"{self.split}/annotations")
+        out: dict[str, Any] = {
+            "boxes": target["boxes"].as_subclass(torch.Tensor),
+            "labels": target["labels"].to(torch.int64),
+            "image_id": int(target["image_id"]),
         }
         if self.with_masks:
-            target["masks"] = self._masks(anns, height, width)
-        if self.hflip > 0 and torch.rand(()) < self.hflip:
-            image = image.flip(-1)
-            target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
-            if self.with_masks:
-                target["masks"] = target["masks"].flip(-1)
-        return image, target
+            out["masks"] = target["masks"].as_subclass(torch.Tensor)
+        return image.as_subclass(torch.Tensor), out
 
 
 def collate_detection(batch: list, min_size: int = 1) -> tuple[list[torch.Tensor], list[dict]]:

@@ -213,3 +213,71 @@ def test_detection_train_batches_are_never_of_size_one(tmp_path: Path) -> None:
     sizes = [len(b[0]) for _ in range(6) for b in dm.train_dataloader()]
     assert len(sizes) == 12 and 1 not in sizes and 0 in sizes  # the batch left with one image is dropped
     assert collate_detection([None, dm.train_set[0]], min_size=1)[0]  # evaluation keeps a single image
+
+
+# ------------------------------------------------------------------------------------------- torchvision pipeline
+
+
+def test_flip_of_fractional_boxes_equals_the_hand_computed_one(tmp_path: Path) -> None:
+    """The flip is torchvision's ``RandomHorizontalFlip`` on ``BoundingBoxes``: x -> W - x, here computed by hand;
+    the dataset hands out plain float32 tensors (no ``tv_tensors`` types) as the detection module expects."""
+    anns = [_ann(1, 1, 3, [2.5, 4.25, 10.5, 7]), _ann(2, 1, 7, [40, 30, 10.5, 10])]  # 2nd: clipped to x1 = 50
+    path, images = _write_coco(tmp_path, anns, n_images=1)
+    plain_image, plain = CocoDetection(path, images)[0]
+    image, flipped = CocoDetection(path, images, hflip=1.0)[0]
+    W = 50.0
+    expect = torch.tensor([[W - 13.0, 4.25, W - 2.5, 11.25], [W - 50.0, 30, W - 40.0, 40]])
+    torch.testing.assert_close(flipped["boxes"], expect)
+    torch.testing.assert_close(plain["boxes"], torch.tensor([[2.5, 4.25, 13.0, 11.25], [40, 30, 50, 40]]))
+    for t in (image, plain_image, flipped["boxes"], flipped["labels"]):
+        assert type(t) is torch.Tensor
+    assert image.dtype == flipped["boxes"].dtype == torch.float32 and flipped["labels"].tolist() == [1, 2]
+    torch.testing.assert_close(image, plain_image.flip(-1))
+    assert flipped["image_id"] == 1 and isinstance(flipped["image_id"], int)
+
+
+def test_box_under_one_pixel_after_clipping_is_counted_as_zero_area(tmp_path: Path) -> None:
+    """``SanitizeBoundingBoxes`` drops sides under 1 px; the json check counts them first, so nothing vanishes
+    uncounted: a box 0.5 px wide once clipped to the image is ``zero_area``, a 1 px one is kept."""
+    anns = [_ann(1, 1, 3, [49.5, 5, 1.2, 10]), _ann(2, 1, 3, [0, 0, 0.5, 10]), _ann(3, 1, 3, [10, 10, 1, 1])]
+    path, images = _write_coco(tmp_path, anns, n_images=1)
+    ds = CocoDetection(path, images)
+    assert dict(ds.skipped) == {"zero_area": 2} and ds.skip_counter.value == 2
+    torch.testing.assert_close(ds[0][1]["boxes"], torch.tensor([[10.0, 10, 11, 11]]))
+
+
+def test_box_a_transform_makes_degenerate_is_dropped_and_counted(tmp_path: Path) -> None:
+    """A transform that moves boxes (here a crop, as a user's pipeline could add) can leave a box under 1 px:
+    ``SanitizeBoundingBoxes`` removes it with its label and mask, and the dataset records it."""
+    from torchvision.transforms import v2
+
+    anns = [_ann(1, 1, 3, [5, 5, 10, 10]), _ann(2, 1, 7, [30, 5, 10, 10])]
+    path, images = _write_coco(tmp_path, anns, n_images=1)
+    ds = CocoDetection(path, images, with_masks=True)
+    from torchvision import tv_tensors
+
+    crop = v2.Lambda(lambda t: v2.functional.crop(t, 0, 0, 40, 20),  # keeps x < 20: box 2 is cut to nothing
+                     tv_tensors.Image, tv_tensors.BoundingBoxes, tv_tensors.Mask)
+    ds.transforms = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), crop, v2.ClampBoundingBoxes(),
+                                v2.SanitizeBoundingBoxes()])
+    image, target = ds[0]
+    assert image.shape == (3, 40, 20) and target["labels"].tolist() == [1] and target["masks"].shape == (1, 40, 20)
+    (rec,) = ds.skip_counter.records()
+    assert rec["reason"] == "degenerate_box" and rec["split"] == "train/annotations" and rec["key"].endswith("im0.png")
+
+
+def test_image_without_annotations_has_empty_targets_with_masks(tmp_path: Path) -> None:
+    path, images = _write_coco(tmp_path, [_ann(1, 1, 3, [5, 5, 10, 10])], n_images=2)
+    image, target = CocoDetection(path, images, with_masks=True, hflip=1.0)[1]
+    assert image.shape == (3, 40, 50) and target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    assert target["masks"].shape == (0, 40, 50) and target["masks"].dtype == torch.uint8
+    assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
+
+
+def test_16bit_image_is_read_with_to_rgb(tmp_path: Path) -> None:
+    """torchvision's own loader (``convert("RGB")``) clips 16-bit grey to white; the dataset reads with
+    ``recipes.data.images.to_rgb`` instead (0..65535 scaled to 0..255)."""
+    path, images = _write_coco(tmp_path, [], n_images=1)
+    Image.fromarray(np.full((40, 50), 32896, dtype=np.uint16)).save(images / "im0.png")  # 32896 / 257 = 128
+    image, _ = CocoDetection(path, images)[0]
+    torch.testing.assert_close(image, torch.full((3, 40, 50), 128 / 255))
