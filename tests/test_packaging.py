@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("zoo-train", "zoo-export", "zoo-predict", "zoo-convert", "zoo-bench", "zoo-demo")
+SCRIPTS = ("zoo-train", "zoo-export", "zoo-predict", "zoo-convert", "zoo-bench", "zoo-demo", "zoo-save-timm")
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "zoo", "recipes", "tools", "weights")
 
 

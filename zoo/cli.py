@@ -1,5 +1,5 @@
 """The console scripts (``[project.scripts]`` in pyproject.toml): ``zoo-train``, ``zoo-export``, ``zoo-predict``,
-``zoo-convert``, ``zoo-bench``, ``zoo-demo``.
+``zoo-convert``, ``zoo-bench``, ``zoo-demo``, ``zoo-save-timm``.
 
 Each runs the ``main(argv)`` of a tool in ``tools/`` (``python tools/<name>.py`` in a checkout; the wheel installs
 that folder as the ``zoo_tools`` package). ``--help`` shows the tool's examples under the command's own name. A
@@ -17,7 +17,7 @@ from types import ModuleType
 
 from ._extras import explain_missing
 
-__all__ = ["bench", "convert", "demo", "export", "predict", "train"]
+__all__ = ["bench", "convert", "demo", "export", "predict", "save_timm", "train"]
 
 TRAIN_EXAMPLES = """\
 Train, validate, test or predict with a Lightning recipe (LightningCLI; the subcommand comes first).
@@ -30,6 +30,11 @@ examples:
   zoo-train fit --help                                                        # every option of fit
 
 shipped configs (--config NAME, or a path): {configs}
+"""
+
+SAVE_TIMM_EXAMPLES = """
+more examples:
+  zoo-save-timm my_run/checkpoints/last.ckpt --out my_model/     # any classification recipe checkpoint
 """
 
 
@@ -145,3 +150,15 @@ def bench(argv: list[str] | None = None) -> int:
 def demo(argv: list[str] | None = None) -> int:
     """``zoo-demo``: tools/demo.py (the main jobs; the embedded data sets need a checkout)."""
     return _run("zoo-demo", "demo", argv, needs_recipes=True)
+
+
+def _save_timm(module: ModuleType, argv: list[str]) -> int:
+    if SAVE_TIMM_EXAMPLES not in (module.__doc__ or ""):  # --help: a second example under this command's name
+        module.__doc__ = (module.__doc__ or "") + SAVE_TIMM_EXAMPLES
+    return module.main(argv)
+
+
+def save_timm(argv: list[str] | None = None) -> int:
+    """``zoo-save-timm``: tools/save_timm.py (a classification recipe checkpoint -> a timm model folder that
+    ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads)."""
+    return _run("zoo-save-timm", "save_timm", argv, needs_recipes=True, call=_save_timm)
