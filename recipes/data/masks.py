@@ -9,10 +9,16 @@ Masks hold class indices; 255 is ignored. ``reduce_zero_label=True`` is ADE20K's
 "other": it becomes 255 and every other label shifts down by one, giving 150 classes). An optional
 ``root/meta.json`` with ``num_classes`` (and ``segmentation_classes``) sets the class count.
 
-Training samples: random rescale (``scale_range`` of ``crop_size``'s long side, as mmseg's ADE20K
-pipeline), random crop to ``crop_size`` (padded with ignore where the image is smaller), horizontal flip.
-Evaluation samples: the whole image (optionally resized so its short side is ``eval_short_side``) with
+Training samples, with ``torchvision.transforms.v2`` on a ``tv_tensors.Image`` + ``tv_tensors.Mask`` pair (so one
+draw moves both, and masks are always resized with nearest neighbours and stay class indices): ``ScaleJitter``
+(the image's long side becomes ``scale_range`` times ``crop_size``'s long side, as mmseg's ADE20K pipeline;
+bilinear with antialiasing for the image), ``RandomCrop`` to ``crop_size`` (padded where the image is smaller:
+image 0, mask 255 = ignore), ``RandomHorizontalFlip``.
+Evaluation samples: the whole image (optionally ``Resize``d so its short side is ``eval_short_side``) with
 the mask at its ORIGINAL resolution -- metrics are computed there, as the papers do.
+What stays hand-written: reading the pair (``to_rgb``, the size check, ADE20K's ``reduce_zero_label``) with
+skip-and-count, and ``collate_masks``, which pads a batch of differently sized evaluation images (torch's
+``default_collate`` cannot).
 An image without its mask, or a pair that cannot be read or whose sizes differ, is skipped with a
 warning and recorded once, with its reason and file, in ``skip_counter`` (``recipes.common.SkipCounter``;
 logged as ``data/skipped``; the run stops when more than ``max_skip_fraction`` of a split is skipped).
@@ -24,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from recipes.common import SkipCounter
 from recipes.data.images import to_rgb
@@ -87,6 +94,17 @@ class MaskFolder(Dataset):
         self.hflip = hflip
         self.reduce_zero_label = reduce_zero_label
         self.eval_short_side = eval_short_side
+        long_side = max(self.crop_size)
+        self.transforms = v2.Compose([
+            v2.ToDtype(torch.float32, scale=True),
+            v2.ScaleJitter((long_side, long_side), scale_range=self.scale_range),
+            v2.RandomCrop(self.crop_size, pad_if_needed=True,
+                          fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}),
+            v2.RandomHorizontalFlip(hflip),
+        ]) if train else v2.Compose([
+            v2.ToDtype(torch.float32, scale=True),
+            *([v2.Resize(eval_short_side)] if eval_short_side else []),  # the image only: the mask keeps its size
+        ])
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -117,31 +135,14 @@ class MaskFolder(Dataset):
         if loaded is None:
             return None
         image_np, mask_np = loaded
-        image = torch.from_numpy(image_np).permute(2, 0, 1).float().div_(255.0)
-        mask = torch.from_numpy(mask_np.astype(np.int64))
-        if not self.train:
-            if self.eval_short_side:
-                h, w = image.shape[1:]
-                s = self.eval_short_side / min(h, w)
-                image = F.interpolate(image[None], size=(round(h * s), round(w * s)), mode="bilinear",
-                                      align_corners=False)[0]
-            return {"image": image, "mask": mask}
-        ch, cw = self.crop_size
-        h, w = image.shape[1:]
-        ratio = random.uniform(*self.scale_range) * max(ch, cw) / max(h, w)
-        nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
-        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        mask = F.interpolate(mask[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
-        ph, pw = max(ch - nh, 0), max(cw - nw, 0)
-        if ph or pw:
-            image = F.pad(image, (0, pw, 0, ph), value=0.0)
-            mask = F.pad(mask, (0, pw, 0, ph), value=IGNORE_INDEX)
-        y0 = random.randint(0, image.shape[1] - ch)
-        x0 = random.randint(0, image.shape[2] - cw)
-        image, mask = image[:, y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
-        if random.random() < self.hflip:
-            image, mask = image.flip(-1), mask.flip(-1)
-        return {"image": image.contiguous(), "mask": mask.contiguous()}
+        image = tv_tensors.Image(torch.from_numpy(image_np).permute(2, 0, 1))
+        mask = tv_tensors.Mask(torch.from_numpy(mask_np.astype(np.int64)))
+        if self.train:
+            image, mask = self.transforms(image, mask)
+        else:
+            image = self.transforms(image)
+        return {"image": image.as_subclass(torch.Tensor).contiguous(),
+                "mask": mask.as_subclass(torch.Tensor).contiguous()}
 
 
 def collate_masks(batch: list, min_size: int = 1) -> dict[str, Any]:
