@@ -137,8 +137,10 @@ def test_routed_is_the_union_of_the_top_k_regions(query):
 
 
 def test_routed_figure_routes_the_two_queries_differently():
-    a, b = (probe(p) for p in FIGURES["routed"].panels)
+    first, second = FIGURES["routed"].panels
+    a, b = probe(first), probe(second)
     assert not torch.equal(a, b)
+    assert not a[first.query], "docs/mixers.md: the drawn query's own region is not among its top-k"
 
 
 # ------------------------------------------------------------------------------------------ agent
@@ -212,6 +214,21 @@ def test_hybrid_stage_4_is_dense_attention():
     model = zoo.create_model("hybrid_nat_biformer_nano")
     routed = [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
     assert [m.dense for m in routed] == [False] * 6 + [True] * 2  # depths 2/2/6/2: stage 3 routed, stage 4 dense
+
+
+def test_the_families_alternate_their_mixers_as_docs_mixers_md_says():
+    import zoo
+    from zoo.layers import NeighborhoodAttention2D, PartitionAttention
+
+    def mixers(name, kind):
+        return [m for m in zoo.create_model(name).modules() if isinstance(m, kind)]
+
+    partitions = [m.partition for m in mixers("maxvit_nano", PartitionAttention)]
+    assert partitions == ["window", "grid"] * (len(partitions) // 2)  # MaxViT: block, then grid attention
+    lda = [m.long_distance for m in mixers("crossformer_nano", PartitionAttention)]
+    assert any(lda) and not any(a and b for a, b in zip(lda, lda[1:]))  # SDA and LDA alternate
+    dilations = [m.dilation for m in mixers("dinat_nano", NeighborhoodAttention2D)]
+    assert set(dilations[0::2]) == {1} and max(dilations[1::2]) > 1  # plain, dilated, plain, ...
 
 
 # ------------------------------------------------------------------------------------------ the files
