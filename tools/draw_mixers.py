@@ -167,7 +167,7 @@ FIGURES: tuple[Figure, ...] = (
     )),
     Figure("neighborhood", "NAT: 5×5 neighborhood, clamped inside the map", (
         Panel("centre", lambda: NeighborhoodAttention2D(DIM, 1, 5), HW, Q),
-        Panel("corner", lambda: NeighborhoodAttention2D(DIM, 1, 5), HW, (0, 14)),
+        Panel("near a corner", lambda: NeighborhoodAttention2D(DIM, 1, 5), HW, (0, 14)),
     )),
     Figure("dilated", "DiNAT: 5×5 neighborhood, dilation 2", (
         Panel("centre", lambda: NeighborhoodAttention2D(DIM, 1, 5, dilation=2), HW, Q),
