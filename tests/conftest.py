@@ -43,3 +43,13 @@ def make_scenes(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int]
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def parity_model() -> Callable[[dict], object]:
+    """``parity_model(case)`` -> the zoo model for an official-parity case (``tests/parity_models.py``: test
+    glue, kept out of the family modules)."""
+    spec = importlib.util.spec_from_file_location("parity_models", ROOT / "tests" / "parity_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parity_model

@@ -108,12 +108,11 @@ def _parity_cases() -> list[str]:
 
 
 @pytest.mark.parametrize("case_name", _parity_cases())
-def test_export_parity_reduced(case_name, tmp_path):
+def test_export_parity_reduced(case_name, tmp_path, parity_model):
     case = json.loads((PARITY / case_name / "case.json").read_text())
     if not _family_landed(case["family"]):
         pytest.skip(f"zoo.models.{case['family']} has not landed yet")
-    mod = importlib.import_module(f"zoo.models.{case['family']}")
-    model = mod.parity_model(case).eval()
+    model = parity_model(case).eval()
     h, w = case["input_shape"][2:]
     report = export_onnx(model, tmp_path / f"{case_name}.onnx", img_size=(h, w), **TOL)
     _check_report(report)

@@ -302,6 +302,6 @@ def test_converter_resizes_resolution_dependent_tensors():
     torch.testing.assert_close(out["stages.0.blocks.0.attn.ah_bias"].reshape(1, -1, 64), ref)
 
 
-def test_parity_model_rejects_unknown_reduced():
+def test_parity_model_rejects_unknown_reduced(parity_model):
     with pytest.raises(ValueError, match="reduced"):
-        A.parity_model({"variant": None, "official_model": "agent_pvt_tiny", "official_kwargs": {}})
+        parity_model({"family": "agent", "variant": None, "official_model": "agent_pvt_tiny", "official_kwargs": {}})

@@ -2,8 +2,8 @@
 fixtures), convert it with the family's converter, load strictly and match the official logits.
 
 Protocol a family module ``zoo.models.<family>`` follows:
-  ``parity_model(case) -> nn.Module``  the zoo model for a case (its variant, or the reduced config)
   ``checkpoint_filter_fn(state_dict, model=None) -> dict``  official layout -> zoo layout (strict)
+The zoo model for a case (its variant, or the reduced config) comes from ``tests/parity_models.py``.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def _family(case_name):
 
 @pytest.mark.parametrize("backend", ["reference", None])
 @pytest.mark.parametrize("case_name", CASES)
-def test_official_parity(case_name, backend):
+def test_official_parity(case_name, backend, parity_model):
     mod = _family(case_name)
     case, official_sd, x, expected = _load(case_name)
-    model = mod.parity_model(case)
+    model = parity_model(case)
     assert sum(p.numel() for p in model.parameters()) == case["num_params"]
     zoo_sd = mod.checkpoint_filter_fn(official_sd, model)
     model.load_state_dict(zoo_sd, strict=True)

@@ -26,20 +26,19 @@ def official_file(tmp_path_factory):
     return case, path, x, expected
 
 
-def test_convert_round_trip(official_file, tmp_path, monkeypatch, load_tool):
+def test_convert_round_trip(official_file, tmp_path, monkeypatch, load_tool, parity_model):
     """Convert through the family converter, write safetensors, reload into the same model: official logits."""
     from safetensors.torch import load_file
 
-    from zoo.models import crossformer
 
     case, path, x, expected = official_file
     convert = load_tool("convert")
     # the reduced config is not a registered name: build it the way the parity test does
-    monkeypatch.setattr(timm, "create_model", lambda name, **kw: crossformer.parity_model(case))
+    monkeypatch.setattr(timm, "create_model", lambda name, **kw: parity_model(case))
     out = tmp_path / "reduced.safetensors"
     report = convert.convert(path, "crossformer_tiny", out)
     assert report["tensors"] > 0 and len(report["sha256"]) == 64
-    model = crossformer.parity_model(case)
+    model = parity_model(case)
     model.load_state_dict(load_file(str(out)), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), expected, **case["tolerance"])
@@ -74,11 +73,11 @@ def test_convert_refuses_a_zoo_file_of_another_model(tmp_path, load_tool):
     assert list(tmp_path.iterdir()) == [src]
 
 
-def test_convert_writes_metadata_and_handles_nan_tensors(official_file, tmp_path, monkeypatch, load_tool):
+def test_convert_writes_metadata_and_handles_nan_tensors(official_file, tmp_path, monkeypatch, load_tool,
+                                                          parity_model):
     """A NaN in the checkpoint is copied and reported, not mistaken for a failed write (NaN != NaN)."""
     from safetensors import safe_open
 
-    from zoo.models import crossformer
 
     case, path, _, _ = official_file
     sd = torch.load(path, weights_only=True)["model"]
@@ -88,7 +87,7 @@ def test_convert_writes_metadata_and_handles_nan_tensors(official_file, tmp_path
     nan_path = tmp_path / "with_nan.pth"
     torch.save({"model": sd}, nan_path)
     convert = load_tool("convert")
-    monkeypatch.setattr(timm, "create_model", lambda name, **kw: crossformer.parity_model(case))
+    monkeypatch.setattr(timm, "create_model", lambda name, **kw: parity_model(case))
     out = tmp_path / "out.safetensors"
     report = convert.convert(nan_path, "crossformer_tiny", out)
     assert report["non_finite"] != "none" and out.is_file()
@@ -99,14 +98,14 @@ def test_convert_writes_metadata_and_handles_nan_tensors(official_file, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "with_nan.pth"]
 
 
-def test_convert_leaves_no_file_when_the_check_fails(official_file, tmp_path, monkeypatch, load_tool):
+def test_convert_leaves_no_file_when_the_check_fails(official_file, tmp_path, monkeypatch, load_tool,
+                                                       parity_model):
     import safetensors.torch
 
-    from zoo.models import crossformer
 
     case, path, _, _ = official_file
     convert = load_tool("convert")
-    monkeypatch.setattr(timm, "create_model", lambda name, **kw: crossformer.parity_model(case))
+    monkeypatch.setattr(timm, "create_model", lambda name, **kw: parity_model(case))
     real = safetensors.torch.load_file
 
     def corrupted(*args, **kwargs):

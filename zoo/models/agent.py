@@ -29,8 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import nn
 
 from .. import ops
@@ -46,10 +45,12 @@ from ..layers import (
 )
 from ..layers.agent import RANK5_BIASES, official_agent_bias
 from ..layers.mlp import linear_act
-from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
 from ._convert import check_fits, map_keys, unwrap_state_dict
+from ._family import Family, tag_input_size
 
 __all__ = [
+    "FAMILY",
     "AgentVisionTransformer",
     "DeitBlock",
     "ShiftedWindowAttention",
@@ -57,7 +58,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "agent_swin_cfg",
     "agent_pvt_cfg",
-    "parity_model",
+    "agent_swin_cfg_from_official",
 ]
 
 
@@ -696,14 +697,6 @@ _DEIT_MAP: list[tuple[re.Pattern, Any]] = [
     (re.compile(r"^head\.(weight|bias)$"), r"head.\1"),
 ]
 
-_OTHER_FAMILIES = [
-    ("maxvit", ("stem.conv1.", "stages.0.blocks.0.conv.", "head.pre_logits.")),
-    ("biformer", ("downsample_layers.", "stages.0.0.attn.router")),
-    ("crossformer", ("patch_embed.projs.",)),
-    ("nat", ("levels.", "patch_embed.proj.0.")),
-]
-
-
 def _layout(keys: list[str]) -> str | None:
     """Which official (or zoo) layout a state dict is in."""
     ks = set(keys)
@@ -769,11 +762,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     keys = list(sd)
     layout = _layout(keys)
     if layout is None:
-        guess = next((n for n, ms in _OTHER_FAMILIES if any(k.startswith(m) for k in keys for m in ms)), None)
-        hint = f"; it looks like a {guess!r} checkpoint: load it with that family" if guess else "."
-        raise ValueError(
-            "checkpoint_filter_fn(agent): not an Agent-Swin/PVT/DeiT checkpoint (no 'layers.*.attn', "
-            f"'patch_embed1.*' or 'cls_token' + agent 'blocks.*' keys; first keys {keys[:3]}){hint}"
+        raise FAMILY.not_a_checkpoint(
+            keys, "no 'layers.*.attn', 'patch_embed1.*' or 'cls_token' + agent 'blocks.*' keys"
         )
     if layout == "zoo":
         out = dict(sd)
@@ -797,9 +787,12 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     return out
 
 
-# ------------------------------------------------------------------------------------------------ parity
-def _swin_cfg_from_official(kw: dict[str, Any]) -> tuple[NetCfg, dict[str, Any]]:
-    kw = dict(kw)
+# -------------------------------------------------------------------------------------- official configs
+def agent_swin_cfg_from_official(official_kwargs: dict[str, Any]) -> tuple[NetCfg, dict[str, Any]]:
+    """Zoo config for the official ``AgentSwinTransformer(**kwargs)`` constructor arguments (its defaults
+    where one is missing). Returns ``(cfg, model_kwargs)`` with ``num_classes`` and ``in_chans``; ``ape=True``
+    and unknown arguments raise a ValueError."""
+    kw = dict(official_kwargs)
     if kw.pop("ape", False):
         raise ValueError("agent: official option ape=True is not supported (no official config uses it)")
     kw.pop("use_checkpoint", None)
@@ -819,45 +812,15 @@ def _swin_cfg_from_official(kw: dict[str, Any]) -> tuple[NetCfg, dict[str, Any]]
     return cfg, model_kwargs
 
 
-def parity_model(case: dict[str, Any]) -> nn.Module:
-    """The zoo model for an official-parity case (``tests/fixtures/parity``)."""
-    kw = case.get("official_kwargs", {})
-    if case.get("variant"):
-        import timm
-
-        extra = {"img_size": kw["img_size"]} if "img_size" in kw else {}
-        return timm.create_model(case["variant"], num_classes=case["num_classes"], **extra)
-    if case.get("official_model") != "AgentSwinTransformer":
-        raise ValueError(f"agent: no reduced-config builder for {case.get('official_model')!r}")
-    cfg, model_kwargs = _swin_cfg_from_official(kw)
-    model_kwargs["num_classes"] = case["num_classes"]
-    return Backbone(cfg, **model_kwargs)
-
-
 # -------------------------------------------------------------------------------------------------- timm
 _TSINGHUA = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
-
-
-def _dcfg(url: str = "", first_conv: str = "stem.proj", classifier: str = "head.fc", size: int = 224,
-          **kw) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, size, size),
-        "pool_size": (size // 32, size // 32),
-        "min_input_size": (3, 32, 32),
-        "crop_pct": 0.875 if size == 224 else 1.0,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": first_conv,
-        "classifier": classifier,
-        # the official repository carries no LICENSE file
-        "license": "unknown",
-        "paper_ids": "arXiv:2312.08874",
-        "origin_url": "https://github.com/LeapLabTHU/Agent-Attention",
-        **kw,
-    }
+FAMILY = Family(
+    "agent", "Agent-Swin/PVT/DeiT", markers=("attn.agent", "patch_embed1.", "cls_token", "an_bias"),
+    # the official repository carries no LICENSE file
+    cfg=dict(first_conv="stem.proj", license="unknown", paper_ids="arXiv:2312.08874",
+             origin_url="https://github.com/LeapLabTHU/Agent-Attention"),
+)
+_dcfg = FAMILY.tag_cfg
 
 
 _PVT = dict(first_conv="stem.embed.proj")
@@ -882,84 +845,26 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _img_size(variant: str, kwargs: dict) -> int:
-    """The training resolution the position terms are defined at: ``img_size`` if given, else the
-    pretrained tag's input size (e.g. 288 for ``agent_swin_s.official_in1k_288``), else 224."""
-    size = kwargs.pop("img_size", None)
-    if size is None:
-        cfg = kwargs.get("pretrained_cfg")
-        if isinstance(cfg, str):
-            from timm.models import get_pretrained_cfg
-
-            cfg = get_pretrained_cfg(f"{variant}.{cfg}")
-        if cfg is not None and not isinstance(cfg, dict):
-            cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else None
-        size = (cfg or {}).get("input_size", (3, 224, 224))[-1]
-    if isinstance(size, (tuple, list)):
-        if size[0] != size[-1]:
-            raise ValueError(f"{variant}: img_size must be square, got {size}")
-        size = size[0]
-    return int(size)
+def _train_size(variant: str, kwargs: dict) -> int:
+    """The square training resolution the position terms are defined at (:func:`tag_input_size`); pops
+    ``img_size`` (the models take no such argument)."""
+    h, w = tag_input_size(variant, kwargs)
+    kwargs.pop("img_size", None)
+    if h != w:
+        raise ValueError(f"{variant}: img_size must be square, got {(h, w)}")
+    return h
 
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    img_size = _img_size(variant, kwargs)
+    img_size = _train_size(variant, kwargs)
     cfg = agent_swin_cfg(img_size=img_size, window_size=img_size // 4, **SWIN_VARIANTS[variant])
     return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 def _create_pvt(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    img_size = _img_size(variant, kwargs)
+    img_size = _train_size(variant, kwargs)
     cfg = agent_pvt_cfg(img_size=img_size, **PVT_VARIANTS[variant])
     return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
-
-
-@register_model
-def agent_swin_nano(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-Swin-nano (zoo addition): embed 48, depths 1/1/3/1, heads 2/4/8/16, AAAB, agents 9/16/49/49."""
-    return _create_swin("agent_swin_nano", pretrained, **kwargs)
-
-
-@register_model
-def agent_swin_t(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-Swin-T (29 M): embed 96, depths 2/2/6/2, heads 3/6/12/24, AAAB, agents 9/16/49/49."""
-    return _create_swin("agent_swin_t", pretrained, **kwargs)
-
-
-@register_model
-def agent_swin_s(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-Swin-S (50 M): embed 96, depths 2/2/18/2, heads 3/6/12/24, AABB, agents 9/16/49/49."""
-    return _create_swin("agent_swin_s", pretrained, **kwargs)
-
-
-@register_model
-def agent_swin_b(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-Swin-B (88 M): embed 128, depths 2/2/18/2, heads 4/8/16/32, AAMB2, agents 9/16/49/49."""
-    return _create_swin("agent_swin_b", pretrained, **kwargs)
-
-
-@register_model
-def agent_pvt_t(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-PVT-T (11.6 M): dims 64/128/320/512, depths 2/2/2/2, agents 9/16/49/49."""
-    return _create_pvt("agent_pvt_t", pretrained, **kwargs)
-
-
-@register_model
-def agent_pvt_s(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-PVT-S (20.6 M): dims 64/128/320/512, depths 3/4/6/3, agents 9/16/49/49."""
-    return _create_pvt("agent_pvt_s", pretrained, **kwargs)
-
-
-@register_model
-def agent_pvt_m(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-PVT-M (35.9 M): dims 64/128/320/512, depths 3/4/18/3, agents 9/16/49/49."""
-    return _create_pvt("agent_pvt_m", pretrained, **kwargs)
-
-
-@register_model
-def agent_pvt_l(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-PVT-L (48.7 M; official ``agent_pvt_large``, cfg ``agent_pvt_b.yaml``): depths 3/8/27/3."""
-    return _create_pvt("agent_pvt_l", pretrained, **kwargs)
 
 
 DEIT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -973,7 +878,7 @@ DEIT_VARIANTS: dict[str, dict[str, Any]] = {
 def _create_deit(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     from ._pretrained import build_zoo_model
 
-    img_size = _img_size(variant, kwargs)
+    img_size = _train_size(variant, kwargs)
     out_indices = kwargs.pop("out_indices", 3)
     return build_zoo_model(
         AgentVisionTransformer, variant, pretrained, checkpoint_filter_fn,
@@ -982,19 +887,26 @@ def _create_deit(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     )
 
 
-@register_model
-def agent_deit_t(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-DeiT-T (6.0 M): dim 192, depth 12, 3 heads, 49 agents in every block."""
-    return _create_deit("agent_deit_t", pretrained, **kwargs)
+FAMILY.register_models(__name__, _create_swin, {
+    "agent_swin_nano": "Agent-Swin-nano (zoo addition): embed 48, depths 1/1/3/1, heads 2/4/8/16, AAAB, "
+                       "agents 9/16/49/49.",
+    "agent_swin_t": "Agent-Swin-T (29 M): embed 96, depths 2/2/6/2, heads 3/6/12/24, AAAB, agents 9/16/49/49.",
+    "agent_swin_s": "Agent-Swin-S (50 M): embed 96, depths 2/2/18/2, heads 3/6/12/24, AABB, agents 9/16/49/49.",
+    "agent_swin_b": "Agent-Swin-B (88 M): embed 128, depths 2/2/18/2, heads 4/8/16/32, AAMB2, agents 9/16/49/49.",
+})
 
 
-@register_model
-def agent_deit_s(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-DeiT-S (22.7 M): dim 384, depth 12, 6 heads, 49 agents in every block."""
-    return _create_deit("agent_deit_s", pretrained, **kwargs)
+FAMILY.register_models(__name__, _create_pvt, {
+    "agent_pvt_t": "Agent-PVT-T (11.6 M): dims 64/128/320/512, depths 2/2/2/2, agents 9/16/49/49.",
+    "agent_pvt_s": "Agent-PVT-S (20.6 M): dims 64/128/320/512, depths 3/4/6/3, agents 9/16/49/49.",
+    "agent_pvt_m": "Agent-PVT-M (35.9 M): dims 64/128/320/512, depths 3/4/18/3, agents 9/16/49/49.",
+    "agent_pvt_l": "Agent-PVT-L (48.7 M; official ``agent_pvt_large``, cfg ``agent_pvt_b.yaml``): depths 3/8/27/3.",
+})
 
 
-@register_model
-def agent_deit_b(pretrained: bool = False, **kwargs) -> nn.Module:
-    """Agent-DeiT-B (87.2 M): dim 768, depth 12, 12 heads, agent attention (81 agents) in blocks 0-3 only."""
-    return _create_deit("agent_deit_b", pretrained, **kwargs)
+FAMILY.register_models(__name__, _create_deit, {
+    "agent_deit_t": "Agent-DeiT-T (6.0 M): dim 192, depth 12, 3 heads, 49 agents in every block.",
+    "agent_deit_s": "Agent-DeiT-S (22.7 M): dim 384, depth 12, 6 heads, 49 agents in every block.",
+    "agent_deit_b": "Agent-DeiT-B (87.2 M): dim 768, depth 12, 12 heads, "
+                    "agent attention (81 agents) in blocks 0-3 only.",
+})

@@ -30,15 +30,15 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import nn
 
 from ..layers import AttentionLePE, BiLevelRoutingAttention, Block, ConvBNDownsample, ConvBNStem, DWConvPos
-from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import check_fits, guess_family, map_keys, unwrap_state_dict
+from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ._convert import check_fits, map_keys, unwrap_state_dict
+from ._family import Family
 
-__all__ = ["VARIANTS", "biformer_cfg", "biformer_cfg_from_official", "checkpoint_filter_fn", "parity_model"]
+__all__ = ["FAMILY", "VARIANTS", "biformer_cfg", "biformer_cfg_from_official", "checkpoint_filter_fn"]
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -254,15 +254,6 @@ _KEY_MAP: list[tuple[re.Pattern, Any]] = [
     (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
 ]
 
-# marker key prefixes/substrings of the zoo's other families' official checkpoints
-_OTHER_FAMILIES = [
-    ("maxvit", ("stem.conv1.", "stages.0.blocks.0.conv.", "head.pre_logits.")),
-    ("crossformer", ("patch_embed.projs.",)),
-    ("agent", ("layers.0.blocks.0.attn.agent", "patch_embed1.", "blocks.0.attn.agent", "cls_token")),
-    ("nat", ("levels.", "patch_embed.proj.0.")),
-]
-
-
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Official BiFormer checkpoint → zoo state dict (strict, explicit key map).
 
@@ -281,12 +272,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
         out = dict(sd)  # already zoo layout
     else:
         if not any(k.startswith("downsample_layers.0.") for k in keys):
-            guess = guess_family(keys, _OTHER_FAMILIES)
-            hint = f"; it looks like a {guess!r} checkpoint: load it with that family" if guess else "."
-            raise ValueError(
-                "checkpoint_filter_fn(biformer): not a BiFormer checkpoint (no 'downsample_layers.0.*' stem keys; "
-                f"first keys {keys[:3]}){hint}"
-            )
+            raise FAMILY.not_a_checkpoint(keys, "no 'downsample_layers.0.*' stem keys")
         out, unmatched = map_keys(sd, _KEY_MAP)
         if unmatched:
             raise ValueError(
@@ -299,47 +285,20 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     return out
 
 
-# ------------------------------------------------------------------------------------------------ parity
-def parity_model(case: dict[str, Any]) -> nn.Module:
-    """The zoo model for an official-parity case: its variant, or the reduced config from ``official_kwargs``."""
-    if case.get("variant"):
-        import timm
-
-        return timm.create_model(case["variant"], num_classes=case["num_classes"])
-    cfg, model_kwargs = biformer_cfg_from_official(case["official_kwargs"])
-    model_kwargs["num_classes"] = case["num_classes"]
-    return Backbone(cfg, **model_kwargs)
-
-
 # -------------------------------------------------------------------------------------------------- timm
-def _dcfg(url: str = "", **kw) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "min_input_size": (3, 32, 32),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2303.08810",
-        "origin_url": "https://github.com/rayleizhu/BiFormer",
-        **kw,
-    }
-
-
+FAMILY = Family(
+    "biformer", "BiFormer", markers=("downsample_layers.", "attn.router"),
+    cfg=dict(first_conv="stem.0", license="mit", paper_ids="arXiv:2303.08810",
+             origin_url="https://github.com/rayleizhu/BiFormer"),
+)
 # Release links from the official README (= models/biformer.py model_urls): OneDrive share links whose path
 # ends in ".../root/content" (no file name; the official code downloads them as biformer_<size>_in1k.pth).
 _OD = "https://api.onedrive.com/v1.0/shares"
 default_cfgs = generate_default_cfgs({
-    "biformer_nano": _dcfg(),
-    "biformer_tiny.official_in1k": _dcfg(f"{_OD}/s!AkBbczdRlZvChHEOoGkgwgQzEDlM/root/content"),
-    "biformer_small.official_in1k": _dcfg(f"{_OD}/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content"),
-    "biformer_base.official_in1k": _dcfg(f"{_OD}/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content"),
+    "biformer_nano": FAMILY.tag_cfg(),
+    "biformer_tiny.official_in1k": FAMILY.tag_cfg(f"{_OD}/s!AkBbczdRlZvChHEOoGkgwgQzEDlM/root/content"),
+    "biformer_small.official_in1k": FAMILY.tag_cfg(f"{_OD}/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content"),
+    "biformer_base.official_in1k": FAMILY.tag_cfg(f"{_OD}/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content"),
 })
 
 
@@ -348,25 +307,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
                           **kwargs)
 
 
-@register_model
-def biformer_nano(pretrained: bool = False, **kwargs) -> nn.Module:
-    """BiFormer-nano (zoo addition): dims 32/64/128/256, depths 2/2/4/2, top-k 1/4/16/dense, MLP ratio 3."""
-    return _create("biformer_nano", pretrained, **kwargs)
-
-
-@register_model
-def biformer_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
-    """BiFormer-T (13.1 M): dims 64/128/256/512, depths 2/2/8/2, top-k 1/4/16/dense, MLP ratio 3."""
-    return _create("biformer_tiny", pretrained, **kwargs)
-
-
-@register_model
-def biformer_small(pretrained: bool = False, **kwargs) -> nn.Module:
-    """BiFormer-S (25.5 M): dims 64/128/256/512, depths 4/4/18/4, top-k 1/4/16/dense, MLP ratio 3."""
-    return _create("biformer_small", pretrained, **kwargs)
-
-
-@register_model
-def biformer_base(pretrained: bool = False, **kwargs) -> nn.Module:
-    """BiFormer-B (56.8 M in the README): dims 96/192/384/768, depths 4/4/18/4, top-k 1/4/16/dense."""
-    return _create("biformer_base", pretrained, **kwargs)
+FAMILY.register_models(__name__, _create, {
+    "biformer_nano": "BiFormer-nano (zoo addition): dims 32/64/128/256, depths 2/2/4/2, top-k 1/4/16/dense, "
+                     "MLP ratio 3.",
+    "biformer_tiny": "BiFormer-T (13.1 M): dims 64/128/256/512, depths 2/2/8/2, top-k 1/4/16/dense, MLP ratio 3.",
+    "biformer_small": "BiFormer-S (25.5 M): dims 64/128/256/512, depths 4/4/18/4, top-k 1/4/16/dense, MLP ratio 3.",
+    "biformer_base": "BiFormer-B (56.8 M in the README): dims 96/192/384/768, depths 4/4/18/4, top-k 1/4/16/dense.",
+})

@@ -31,22 +31,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import nn
 
 from .. import ops
 from ..layers import Block, CrossScaleEmbedding, DynamicPosBias, PartitionAttention
 from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import check_fits, guess_family, map_keys, unwrap_state_dict
+from ._convert import check_fits, map_keys, unwrap_state_dict
+from ._family import Family
 
 __all__ = [
+    "FAMILY",
     "CrossFormerAttention",
     "CrossFormerBlock",
     "checkpoint_filter_fn",
     "crossformer_cfg",
     "crossformer_cfg_from_official",
-    "parity_model",
 ]
 
 
@@ -366,15 +366,6 @@ _KEY_MAP: list[tuple[re.Pattern, Any]] = [
     (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
 ]
 
-# marker key prefixes of the zoo's other families' official checkpoints
-_OTHER_FAMILIES = [
-    ("maxvit", ("stem.conv1.", "stages.0.blocks.0.conv.", "head.pre_logits.")),
-    ("biformer", ("downsample_layers.", "stages.0.0.attn.router")),
-    ("agent", ("layers.0.blocks.0.attn.agent", "patch_embed1.", "blocks.0.attn.agent", "cls_token")),
-    ("nat", ("levels.", "patch_embed.proj.0.")),
-]
-
-
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Official CrossFormer/CrossFormer++ checkpoint → zoo state dict (strict, explicit key map).
 
@@ -392,12 +383,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
         out = dict(sd)  # already zoo layout
     else:
         if not any(k.startswith("patch_embed.projs.") for k in keys):
-            guess = guess_family(keys, _OTHER_FAMILIES)
-            hint = f"; it looks like a {guess!r} checkpoint: load it with that family" if guess else "."
-            raise ValueError(
-                "checkpoint_filter_fn(crossformer): not a CrossFormer checkpoint (no 'patch_embed.projs.*' "
-                f"keys; first keys {keys[:3]}){hint}"
-            )
+            raise FAMILY.not_a_checkpoint(keys, "no 'patch_embed.projs.*' keys")
         out, unmatched = map_keys(sd, _KEY_MAP, drop=_DROP)
         if unmatched:
             raise ValueError(
@@ -410,45 +396,13 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     return out
 
 
-# ------------------------------------------------------------------------------------------------ parity
-def parity_model(case: dict[str, Any]) -> nn.Module:
-    """The zoo model for an official-parity case (``tests/fixtures/parity``). ``img_size`` is not passed:
-    the zoo model takes any size and decides the small-map fallback from the actual map."""
-    if case.get("variant"):
-        import timm
-
-        return timm.create_model(case["variant"], num_classes=case["num_classes"])
-    from ._base import Backbone
-
-    cfg, model_kwargs = crossformer_cfg_from_official(case["official_kwargs"])
-    model_kwargs["num_classes"] = case["num_classes"]
-    return Backbone(cfg, **model_kwargs)
-
-
 # -------------------------------------------------------------------------------------------------- timm
-_README = "https://github.com/cheerss/CrossFormer#image-classification"
-
-
-def _dcfg(url: str = "", **kw) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "min_input_size": (3, 32, 32),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": ("stem.projs.0", "stem.projs.1", "stem.projs.2", "stem.projs.3"),
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2108.00154",
-        "origin_url": "https://github.com/cheerss/CrossFormer",
-        **kw,
-    }
-
-
+FAMILY = Family(
+    "crossformer", "CrossFormer", markers=("patch_embed.projs.", "attn.pos.pos_proj"),
+    cfg=dict(first_conv=("stem.projs.0", "stem.projs.1", "stem.projs.2", "stem.projs.3"), license="mit",
+             paper_ids="arXiv:2108.00154", origin_url="https://github.com/cheerss/CrossFormer"),
+)
+_dcfg = FAMILY.tag_cfg
 _PP_PAPER = "arXiv:2303.06908"
 # Release links from the official README (Google Drive / BaiduCloud pages, not direct downloads: fetch the
 # file by hand and pass it with pretrained_cfg_overlay=dict(file=...)).
@@ -487,55 +441,18 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     )
 
 
-@register_model
-def crossformer_nano(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer-nano (zoo addition, ~4 M params): embed 48, depths 1/1/4/1, G 7, I 8/4/2/1."""
-    return _create("crossformer_nano", pretrained, **kwargs)
-
-
-@register_model
-def crossformer_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer-T (27.8 M): embed 64, depths 1/1/8/6, heads 2/4/8/16."""
-    return _create("crossformer_tiny", pretrained, **kwargs)
-
-
-@register_model
-def crossformer_small(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer-S (30.7 M): embed 96, depths 2/2/6/2, heads 3/6/12/24."""
-    return _create("crossformer_small", pretrained, **kwargs)
-
-
-@register_model
-def crossformer_base(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer-B (52.0 M): embed 96, depths 2/2/18/2, heads 3/6/12/24."""
-    return _create("crossformer_base", pretrained, **kwargs)
-
-
-@register_model
-def crossformer_large(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer-L (92.0 M): embed 128, depths 2/2/18/2, heads 4/8/16/32."""
-    return _create("crossformer_large", pretrained, **kwargs)
-
-
-@register_model
-def crossformerpp_small(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer++-S (23.3 M): embed 64, depths 2/2/18/2, heads 2/4/8/16, G 4/4/14/7, I 4/2/1/1."""
-    return _create("crossformerpp_small", pretrained, **kwargs)
-
-
-@register_model
-def crossformerpp_base(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer++-B (52.0 M): embed 96, depths 2/2/18/2, heads 3/6/12/24, G 4/4/14/7, I 4/2/1/1."""
-    return _create("crossformerpp_base", pretrained, **kwargs)
-
-
-@register_model
-def crossformerpp_large(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer++-L (92.0 M): embed 128, depths 2/2/18/2, heads 4/8/16/32, G 4/4/14/7, I 4/2/1/1."""
-    return _create("crossformerpp_large", pretrained, **kwargs)
-
-
-@register_model
-def crossformerpp_huge(pretrained: bool = False, **kwargs) -> nn.Module:
-    """CrossFormer++-H (96.0 M): embed 128, depths 6/6/18/2, heads 4/8/16/32, G 4/4/14/7, I 4/2/1/1."""
-    return _create("crossformerpp_huge", pretrained, **kwargs)
+FAMILY.register_models(__name__, _create, {
+    "crossformer_nano": "CrossFormer-nano (zoo addition, ~4 M params): embed 48, depths 1/1/4/1, G 7, I 8/4/2/1.",
+    "crossformer_tiny": "CrossFormer-T (27.8 M): embed 64, depths 1/1/8/6, heads 2/4/8/16.",
+    "crossformer_small": "CrossFormer-S (30.7 M): embed 96, depths 2/2/6/2, heads 3/6/12/24.",
+    "crossformer_base": "CrossFormer-B (52.0 M): embed 96, depths 2/2/18/2, heads 3/6/12/24.",
+    "crossformer_large": "CrossFormer-L (92.0 M): embed 128, depths 2/2/18/2, heads 4/8/16/32.",
+    "crossformerpp_small": "CrossFormer++-S (23.3 M): embed 64, depths 2/2/18/2, heads 2/4/8/16, G 4/4/14/7, "
+                           "I 4/2/1/1.",
+    "crossformerpp_base": "CrossFormer++-B (52.0 M): embed 96, depths 2/2/18/2, heads 3/6/12/24, G 4/4/14/7, "
+                          "I 4/2/1/1.",
+    "crossformerpp_large": "CrossFormer++-L (92.0 M): embed 128, depths 2/2/18/2, heads 4/8/16/32, G 4/4/14/7, "
+                           "I 4/2/1/1.",
+    "crossformerpp_huge": "CrossFormer++-H (96.0 M): embed 128, depths 6/6/18/2, heads 4/8/16/32, G 4/4/14/7, "
+                          "I 4/2/1/1.",
+})

@@ -12,16 +12,14 @@ has nothing to load) and train from scratch with the recipes.
 
 from __future__ import annotations
 
-from typing import Any
-
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import nn
 
 from . import biformer, nat  # noqa: F401  (register the "nat" and "biformer" stems, downsamplers and blocks)
 from ._base import NetCfg, StageCfg, build_backbone
+from ._family import Family
 
-__all__ = ["HYBRIDS"]
+__all__ = ["FAMILY", "HYBRIDS"]
 
 
 def _nat_biformer(dims: tuple[int, int, int, int], depths: tuple[int, int, int, int], drop_path_rate: float) -> NetCfg:
@@ -49,33 +47,18 @@ HYBRIDS: dict[str, NetCfg] = {
 }
 
 
-def _dcfg(**kw) -> dict[str, Any]:
-    return {
-        "url": "",  # no published weights: a zoo design
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "min_input_size": (3, 32, 32),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.proj.0",
-        "classifier": "head.fc",
-        **kw,
-    }
+# zoo designs with no published weights: no url, no license or paper fields; no official checkpoints to recognise
+FAMILY = Family("hybrid", "hybrid", cfg=dict(first_conv="stem.proj.0"))
+default_cfgs = generate_default_cfgs({name: FAMILY.tag_cfg() for name in HYBRIDS})
 
 
-default_cfgs = generate_default_cfgs({name: _dcfg() for name in HYBRIDS})
+def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    return build_backbone(variant, HYBRIDS[variant], pretrained, **kwargs)
 
 
-@register_model
-def hybrid_nat_biformer_nano(pretrained: bool = False, **kwargs) -> nn.Module:
-    """NAT (stages 1–2) + BiFormer (stages 3–4), dims 32/64/128/256, depths 2/2/6/2; no pretrained weights."""
-    return build_backbone("hybrid_nat_biformer_nano", HYBRIDS["hybrid_nat_biformer_nano"], pretrained, **kwargs)
-
-
-@register_model
-def hybrid_nat_biformer_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
-    """NAT (stages 1–2) + BiFormer (stages 3–4), dims 64/128/256/512, depths 2/2/8/2; no pretrained weights."""
-    return build_backbone("hybrid_nat_biformer_tiny", HYBRIDS["hybrid_nat_biformer_tiny"], pretrained, **kwargs)
+FAMILY.register_models(__name__, _create, {
+    "hybrid_nat_biformer_nano": "NAT (stages 1–2) + BiFormer (stages 3–4), dims 32/64/128/256, depths 2/2/6/2; no "
+                                "pretrained weights.",
+    "hybrid_nat_biformer_tiny": "NAT (stages 1–2) + BiFormer (stages 3–4), dims 64/128/256/512, depths 2/2/8/2; no "
+                                "pretrained weights.",
+})

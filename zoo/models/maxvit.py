@@ -27,21 +27,22 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import NormMlpClassifierHead
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import nn
 
 from ..layers import Block, MaxViTStem, MBConv, PartitionAttention, RelPosBias, resize_rel_pos_bias_tables
 from ..ops import pair
 from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_stem
-from ._convert import check_fits, guess_family, unwrap_state_dict
+from ._convert import check_fits, unwrap_state_dict
+from ._family import Family, tag_input_size
 
 __all__ = [
+    "FAMILY",
     "MaxViT",
     "MaxViTBlock",
     "checkpoint_filter_fn",
     "maxvit_cfg",
     "maxvit_cfg_from_official",
-    "parity_model",
 ]
 
 
@@ -368,14 +369,6 @@ _KEY_MAP: list[re.Pattern] = [
 # buffers timm builds itself that the zoo does not hold (rel-pos index tables of other timm variants)
 _DROP = re.compile(r".*\.(relative_position_index|height_lookup|width_lookup)$")
 
-_OTHER_FAMILIES = [
-    ("crossformer", ("patch_embed.projs.",)),
-    ("biformer", ("downsample_layers.", "stages.0.0.attn.router")),
-    ("agent", ("layers.0.blocks.0.attn.agent", "patch_embed1.", "blocks.0.attn.agent", "cls_token")),
-    ("nat", ("levels.", "patch_embed.proj.0.")),
-]
-
-
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """timm/TF MaxViT checkpoint (``maxvit_*_tf_*``, e.g. the hub's ``timm/maxvit_tiny_tf_224.in1k``) → zoo
     state dict (strict, explicit key map — the layouts coincide).
@@ -391,12 +384,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     sd = unwrap_state_dict(state_dict)
     keys = list(sd)
     if not any(k.startswith("stem.conv1.") for k in keys):
-        guess = guess_family(keys, _OTHER_FAMILIES)
-        hint = f"; it looks like a {guess!r} checkpoint, load it with that family's model" if guess else ""
-        raise ValueError(
-            f"checkpoint_filter_fn(maxvit): not a MaxViT checkpoint (no 'stem.conv1.*' keys; first keys "
-            f"{keys[:3]}){hint}"
-        )
+        raise FAMILY.not_a_checkpoint(keys, "no 'stem.conv1.*' keys")
     rw = [k for k in keys if k.endswith("relative_position_bias_table") and sd[k].dim() != 3]
     if rw or any(".attn.rel_pos.mlp." in k or k.startswith("stages.0.blocks.0.conv.down") for k in keys):
         raise ValueError(
@@ -431,44 +419,23 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     return out
 
 
-# ------------------------------------------------------------------------------------------------ parity
-def parity_model(case: dict[str, Any]) -> nn.Module:
-    """The zoo model for an official-parity case (``tests/fixtures/parity``)."""
-    okw = case.get("official_kwargs") or {}
-    if case.get("variant"):
-        import timm
-
-        extra = {"img_size": okw["img_size"]} if "img_size" in okw else {}
-        return timm.create_model(case["variant"], num_classes=case["num_classes"], **extra)
-    cfg, model_kwargs = maxvit_cfg_from_official(okw)
-    model_kwargs["num_classes"] = case["num_classes"]
-    return MaxViT(cfg, **model_kwargs)
-
-
 # -------------------------------------------------------------------------------------------------- timm
+FAMILY = Family(
+    "maxvit", "MaxViT", markers=("stem.conv1.", "stages.0.blocks.0.conv.", "head.pre_logits."), crop_pct=0.95,
+    cfg=dict(first_conv="stem.conv1", license="apache-2.0", paper_ids="arXiv:2204.01697",
+             origin_url="https://github.com/google-research/maxvit"),
+)
+
+
 def _dcfg(hub: str = "", size: int = 224, **kw) -> dict[str, Any]:
     """Pretrained cfg; ``hub`` is timm's hub repo of the TF-port weights (same keys, loaded through the
     converter). 224 px in1k weights use ImageNet mean/std, the others 0.5 (as timm's cfgs)."""
     inet = size == 224 and kw.get("num_classes", 1000) == 1000
-    return {
-        "url": "",
-        "hf_hub_id": f"timm/{hub}" if hub else None,
-        "num_classes": 1000,
-        "input_size": (3, size, size),
-        "pool_size": (size // 32, size // 32),
-        "min_input_size": (3, 32, 32),
-        "crop_pct": 0.95 if size == 224 else 1.0,
-        "crop_mode": "center" if size == 224 else "squash",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN if inet else (0.5, 0.5, 0.5),
-        "std": IMAGENET_DEFAULT_STD if inet else (0.5, 0.5, 0.5),
-        "first_conv": "stem.conv1",
-        "classifier": "head.fc",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2204.01697",
-        "origin_url": "https://github.com/google-research/maxvit",
+    return FAMILY.tag_cfg(
+        size=size, hf_hub_id=f"timm/{hub}" if hub else None, crop_mode="center" if size == 224 else "squash",
+        mean=IMAGENET_DEFAULT_MEAN if inet else (0.5, 0.5, 0.5), std=IMAGENET_DEFAULT_STD if inet else (0.5, 0.5, 0.5),
         **kw,
-    }
+    )
 
 
 def _tags() -> dict[str, dict[str, Any]]:
@@ -488,52 +455,20 @@ default_cfgs = generate_default_cfgs(_tags())
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    # the tag's resolution decides the window, as timm's fixed-size maxvit_*_tf_{224,384,512} models
     if "img_size" not in kwargs:
-        # the tag's resolution decides the window, as timm's fixed-size maxvit_*_tf_{224,384,512} models
-        from timm.models._builder import resolve_pretrained_cfg
-
-        pcfg = resolve_pretrained_cfg(
-            variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
-            pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
-        )
-        kwargs["img_size"] = tuple(pcfg.input_size[-2:]) if pcfg is not None else 224
+        kwargs["img_size"] = tag_input_size(variant, kwargs)
     return build_backbone(
         variant, maxvit_cfg(**VARIANTS[variant]), pretrained, filter_fn=checkpoint_filter_fn, model_cls=MaxViT,
         **kwargs,
     )
 
 
-@register_model
-def maxvit_nano(pretrained: bool = False, **kwargs) -> nn.Module:
-    """MaxViT-nano (zoo addition): widths 32/64/128/256, depths 1/2/3/1, stem 32."""
-    return _create("maxvit_nano", pretrained, **kwargs)
-
-
-@register_model
-def maxvit_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
-    """MaxViT-T (31 M): widths 64/128/256/512, depths 2/2/5/2, stem 64."""
-    return _create("maxvit_tiny", pretrained, **kwargs)
-
-
-@register_model
-def maxvit_small(pretrained: bool = False, **kwargs) -> nn.Module:
-    """MaxViT-S (69 M): widths 96/192/384/768, depths 2/2/5/2, stem 64."""
-    return _create("maxvit_small", pretrained, **kwargs)
-
-
-@register_model
-def maxvit_base(pretrained: bool = False, **kwargs) -> nn.Module:
-    """MaxViT-B (120 M): widths 96/192/384/768, depths 2/6/14/2, stem 64."""
-    return _create("maxvit_base", pretrained, **kwargs)
-
-
-@register_model
-def maxvit_large(pretrained: bool = False, **kwargs) -> nn.Module:
-    """MaxViT-L (212 M): widths 128/256/512/1024, depths 2/6/14/2, stem 128."""
-    return _create("maxvit_large", pretrained, **kwargs)
-
-
-@register_model
-def maxvit_xlarge(pretrained: bool = False, **kwargs) -> nn.Module:
-    """MaxViT-XL (475 M): widths 192/384/768/1536, depths 2/6/14/2, stem 192."""
-    return _create("maxvit_xlarge", pretrained, **kwargs)
+FAMILY.register_models(__name__, _create, {
+    "maxvit_nano": "MaxViT-nano (zoo addition): widths 32/64/128/256, depths 1/2/3/1, stem 32.",
+    "maxvit_tiny": "MaxViT-T (31 M): widths 64/128/256/512, depths 2/2/5/2, stem 64.",
+    "maxvit_small": "MaxViT-S (69 M): widths 96/192/384/768, depths 2/2/5/2, stem 64.",
+    "maxvit_base": "MaxViT-B (120 M): widths 96/192/384/768, depths 2/6/14/2, stem 64.",
+    "maxvit_large": "MaxViT-L (212 M): widths 128/256/512/1024, depths 2/6/14/2, stem 128.",
+    "maxvit_xlarge": "MaxViT-XL (475 M): widths 192/384/768/1536, depths 2/6/14/2, stem 192.",
+})

@@ -26,8 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import nn
 
 from ..layers import (
@@ -39,10 +38,11 @@ from ..layers import (
     PatchMerging,
     resize_rel_pos_bias_table,
 )
-from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import check_fits, guess_family, map_keys, unwrap_state_dict
+from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ._convert import check_fits, map_keys, unwrap_state_dict
+from ._family import Family
 
-__all__ = ["VARIANTS", "checkpoint_filter_fn", "nat_cfg", "nat_cfg_from_official", "parity_model"]
+__all__ = ["FAMILY", "VARIANTS", "checkpoint_filter_fn", "nat_cfg", "nat_cfg_from_official"]
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -249,15 +249,6 @@ _KEY_MAP: list[tuple[re.Pattern, Any]] = [
     (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
 ]
 
-# marker key prefixes/substrings of the zoo's other families' official checkpoints
-_OTHER_FAMILIES = [
-    ("maxvit", ("stem.conv1.", "head.pre_logits.")),
-    ("biformer", ("downsample_layers.", "attn.router")),
-    ("crossformer", ("patch_embed.projs.", "attn.pos.pos_proj")),
-    ("agent", ("attn.agent", "patch_embed1.", "cls_token", "an_bias")),
-]
-
-
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Official NAT / DiNAT / DiNAT_s checkpoint → zoo state dict (strict, explicit key map).
 
@@ -274,12 +265,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
         out = dict(sd)  # already zoo layout
     else:
         if not any(k.startswith(("levels.", "layers.")) and k.endswith("attn.rpb") for k in keys):
-            guess = guess_family(keys, _OTHER_FAMILIES)
-            hint = f"; it looks like a {guess!r} checkpoint: load it with that family" if guess else "."
-            raise ValueError(
-                "checkpoint_filter_fn(nat): not a NAT/DiNAT checkpoint (no 'levels.*.attn.rpb' / "
-                f"'layers.*.attn.rpb' keys; first keys {keys[:3]}){hint}"
-            )
+            raise FAMILY.not_a_checkpoint(keys, "no 'levels.*.attn.rpb' / 'layers.*.attn.rpb' keys")
         out, unmatched = map_keys(sd, _KEY_MAP)
         if unmatched:
             raise ValueError(
@@ -297,46 +283,20 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     return out
 
 
-# ------------------------------------------------------------------------------------------------ parity
-def parity_model(case: dict[str, Any]) -> nn.Module:
-    """The zoo model for an official-parity case: its variant, or the reduced config from ``official_kwargs``
-    (``DiNAT_s`` when ``official_model`` names it)."""
-    if case.get("variant"):
-        import timm
-
-        return timm.create_model(case["variant"], num_classes=case["num_classes"])
-    swin_like = "dinat_s" in str(case.get("official_model", "")).lower()
-    cfg, model_kwargs = nat_cfg_from_official(case["official_kwargs"], swin_like=swin_like)
-    model_kwargs["num_classes"] = case["num_classes"]
-    return Backbone(cfg, **model_kwargs)
-
-
 # -------------------------------------------------------------------------------------------------- timm
 _NAT_PAPER, _DINAT_PAPER = "arXiv:2204.07143", "arXiv:2209.15001"
 _CK = "https://shi-labs.com/projects"
+FAMILY = Family(
+    "nat", "NAT/DiNAT", markers=("levels.", "patch_embed.proj.0."),
+    cfg=dict(first_conv="stem.proj.0", license="mit", paper_ids=_DINAT_PAPER,
+             origin_url="https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"),
+)
 
 
 def _dcfg(url: str = "", swin_like: bool = False, **kw) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "min_input_size": (3, 32, 32),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.proj" if swin_like else "stem.proj.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": _DINAT_PAPER,
-        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
-        **kw,
-    }
+    """DiNAT_s (``swin_like``) has a one-conv patch stem: first conv ``stem.proj``."""
+    return FAMILY.tag_cfg(url, **(dict(first_conv="stem.proj") if swin_like else {}), **kw)
 
-
-_AT384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
 
 # Release links from classification/nat.py, dinat.py and dinats.py (model_urls; for DiNAT_s the README links
 # name the files `dinat_s_<size>_1k_<res>.pth` instead: see weights/manifest.json notes).
@@ -370,16 +330,16 @@ default_cfgs = generate_default_cfgs({
         f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_in1k_224.pth", swin_like=True
     ),
     "dinat_large_384.official_in22k_ft_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384.pth", **_AT384
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384.pth", size=384
     ),
     "dinat_large_11x11.official_in22k_ft_in1k_384": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384_11x11.pth", **_AT384
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384_11x11.pth", size=384
     ),
     "dinat_large_11x11.official_in22k": _dcfg(
         f"{_CK}/dinat/checkpoints/imagenet22k/dinat_large_in22k_224_11x11interp.pth", num_classes=21841
     ),
     "dinat_s_large_384.official_in22k_ft_in1k": _dcfg(
-        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_in1k_384.pth", swin_like=True, **_AT384
+        f"{_CK}/dinat/checkpoints/imagenet1k/dinat_s_large_in1k_384.pth", swin_like=True, size=384
     ),
     "dinat_s_large.official_in22k": _dcfg(
         f"{_CK}/dinat/checkpoints/imagenet22k/dinat_s_large_in22k_224.pth", swin_like=True, num_classes=21841
@@ -392,109 +352,24 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
                           **kwargs)
 
 
-@register_model
-def nat_nano(pretrained: bool = False, **kwargs) -> nn.Module:
-    """NAT-nano (zoo addition): embed 32, depths 2/2/6/2, heads 1/2/4/8, MLP ratio 3, kernel 7."""
-    return _create("nat_nano", pretrained, **kwargs)
-
-
-@register_model
-def nat_mini(pretrained: bool = False, **kwargs) -> nn.Module:
-    """NAT-Mini (20 M): embed 64, depths 3/4/6/5, heads 2/4/8/16, MLP ratio 3, kernel 7."""
-    return _create("nat_mini", pretrained, **kwargs)
-
-
-@register_model
-def nat_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
-    """NAT-Tiny (28 M): embed 64, depths 3/4/18/5, heads 2/4/8/16, MLP ratio 3, kernel 7."""
-    return _create("nat_tiny", pretrained, **kwargs)
-
-
-@register_model
-def nat_small(pretrained: bool = False, **kwargs) -> nn.Module:
-    """NAT-Small (51 M): embed 96, depths 3/4/18/5, heads 3/6/12/24, MLP ratio 2, layer scale 1e-5."""
-    return _create("nat_small", pretrained, **kwargs)
-
-
-@register_model
-def nat_base(pretrained: bool = False, **kwargs) -> nn.Module:
-    """NAT-Base (90 M): embed 128, depths 3/4/18/5, heads 4/8/16/32, MLP ratio 2, layer scale 1e-5."""
-    return _create("nat_base", pretrained, **kwargs)
-
-
-@register_model
-def dinat_nano(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT-nano (zoo addition): NAT-nano with dilations 1,8 / 1,4 / 1,2,... / 1,1."""
-    return _create("dinat_nano", pretrained, **kwargs)
-
-
-@register_model
-def dinat_mini(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT-Mini (20 M): NAT-Mini with dilations [1,8,1] / [1,4,1,4] / [1,2]*3 / [1]*5."""
-    return _create("dinat_mini", pretrained, **kwargs)
-
-
-@register_model
-def dinat_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT-Tiny (28 M): NAT-Tiny with dilations [1,8,1] / [1,4,1,4] / [1,2]*9 / [1]*5."""
-    return _create("dinat_tiny", pretrained, **kwargs)
-
-
-@register_model
-def dinat_small(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT-Small (51 M): embed 96, heads 3/6/12/24, MLP ratio 2, no layer scale; dilations as Tiny."""
-    return _create("dinat_small", pretrained, **kwargs)
-
-
-@register_model
-def dinat_base(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT-Base (90 M): embed 128, heads 4/8/16/32, MLP ratio 2, layer scale 1e-5; dilations as Tiny."""
-    return _create("dinat_base", pretrained, **kwargs)
-
-
-@register_model
-def dinat_large(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT-Large (200 M): embed 192, heads 6/12/24/48, MLP ratio 2; dilations for 224² (as Tiny)."""
-    return _create("dinat_large", pretrained, **kwargs)
-
-
-@register_model
-def dinat_s_tiny(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT_s-Tiny (28 M): Swin-T layout (patch stem, patch merging, 2/2/6/2, MLP 4), dilations 1,d."""
-    return _create("dinat_s_tiny", pretrained, **kwargs)
-
-
-@register_model
-def dinat_s_small(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT_s-Small (50 M): Swin-S layout (embed 96, depths 2/2/18/2, heads 3/6/12/24)."""
-    return _create("dinat_s_small", pretrained, **kwargs)
-
-
-@register_model
-def dinat_s_base(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT_s-Base (88 M): Swin-B layout (embed 128, depths 2/2/18/2, heads 4/8/16/32)."""
-    return _create("dinat_s_base", pretrained, **kwargs)
-
-
-@register_model
-def dinat_s_large(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT_s-Large (197 M): Swin-L layout (embed 192, depths 2/2/18/2, heads 6/12/24/48)."""
-    return _create("dinat_s_large", pretrained, **kwargs)
-
-
-@register_model
-def dinat_large_384(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT-Large at 384² (200 M): as DiNAT-Large with the 384-px dilations 13/6/3 in levels 1-3."""
-    return _create("dinat_large_384", pretrained, **kwargs)
-
-
-@register_model
-def dinat_large_11x11(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT-Large with 11×11 neighborhoods (201 M; the 224-px dilations, used at 224 and 384)."""
-    return _create("dinat_large_11x11", pretrained, **kwargs)
-
-
-@register_model
-def dinat_s_large_384(pretrained: bool = False, **kwargs) -> nn.Module:
-    """DiNAT_s-Large at 384² (197 M): as DiNAT_s-Large with the 384-px dilations 13/6/3 in levels 1-3."""
-    return _create("dinat_s_large_384", pretrained, **kwargs)
+FAMILY.register_models(__name__, _create, {
+    "nat_nano": "NAT-nano (zoo addition): embed 32, depths 2/2/6/2, heads 1/2/4/8, MLP ratio 3, kernel 7.",
+    "nat_mini": "NAT-Mini (20 M): embed 64, depths 3/4/6/5, heads 2/4/8/16, MLP ratio 3, kernel 7.",
+    "nat_tiny": "NAT-Tiny (28 M): embed 64, depths 3/4/18/5, heads 2/4/8/16, MLP ratio 3, kernel 7.",
+    "nat_small": "NAT-Small (51 M): embed 96, depths 3/4/18/5, heads 3/6/12/24, MLP ratio 2, layer scale 1e-5.",
+    "nat_base": "NAT-Base (90 M): embed 128, depths 3/4/18/5, heads 4/8/16/32, MLP ratio 2, layer scale 1e-5.",
+    "dinat_nano": "DiNAT-nano (zoo addition): NAT-nano with dilations 1,8 / 1,4 / 1,2,... / 1,1.",
+    "dinat_mini": "DiNAT-Mini (20 M): NAT-Mini with dilations [1,8,1] / [1,4,1,4] / [1,2]*3 / [1]*5.",
+    "dinat_tiny": "DiNAT-Tiny (28 M): NAT-Tiny with dilations [1,8,1] / [1,4,1,4] / [1,2]*9 / [1]*5.",
+    "dinat_small": "DiNAT-Small (51 M): embed 96, heads 3/6/12/24, MLP ratio 2, no layer scale; dilations as Tiny.",
+    "dinat_base": "DiNAT-Base (90 M): embed 128, heads 4/8/16/32, MLP ratio 2, layer scale 1e-5; dilations as Tiny.",
+    "dinat_large": "DiNAT-Large (200 M): embed 192, heads 6/12/24/48, MLP ratio 2; dilations for 224² (as Tiny).",
+    "dinat_s_tiny": "DiNAT_s-Tiny (28 M): Swin-T layout (patch stem, patch merging, 2/2/6/2, MLP 4), dilations 1,d.",
+    "dinat_s_small": "DiNAT_s-Small (50 M): Swin-S layout (embed 96, depths 2/2/18/2, heads 3/6/12/24).",
+    "dinat_s_base": "DiNAT_s-Base (88 M): Swin-B layout (embed 128, depths 2/2/18/2, heads 4/8/16/32).",
+    "dinat_s_large": "DiNAT_s-Large (197 M): Swin-L layout (embed 192, depths 2/2/18/2, heads 6/12/24/48).",
+    "dinat_large_384": "DiNAT-Large at 384² (200 M): as DiNAT-Large with the 384-px dilations 13/6/3 in levels 1-3.",
+    "dinat_large_11x11": "DiNAT-Large with 11×11 neighborhoods (201 M; the 224-px dilations, used at 224 and 384).",
+    "dinat_s_large_384": "DiNAT_s-Large at 384² (197 M): as DiNAT_s-Large with the 384-px dilations 13/6/3 in "
+                         "levels 1-3.",
+})
