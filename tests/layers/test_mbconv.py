@@ -14,7 +14,6 @@ from zoo.layers import (
     Conv2dSame,
     MaxViTStem,
     MBConv,
-    NormMlpHead,
     SqueezeExcite,
     create_conv2d,
 )
@@ -174,26 +173,26 @@ def test_stem_matches_timm(hw):
         torch.testing.assert_close(m(x), out, rtol=1e-5, atol=1e-5)  # default: fused, equal up to rounding
 
 
-def test_norm_mlp_head_matches_timm():
+def test_channels_last_norm_mlp_head_matches_timms_nchw_head():
+    """The skeleton's head for MaxViT (timm's ClNormMlpClassifierHead on [B, H, W, C]) holds the keys of timm's
+    NCHW NormMlpClassifierHead (what MaxViT checkpoints hold) and gives its outputs on the same weights."""
+    from timm.layers import ClNormMlpClassifierHead
+
     torch.manual_seed(0)
-    ref = NormMlpClassifierHead(16, 5, hidden_size=16, norm_layer=partial(LayerNorm2d, eps=1e-5))
+    ref = NormMlpClassifierHead(16, 5, hidden_size=16, norm_layer=partial(LayerNorm2d, eps=1e-5), act_layer="tanh")
     _randomize(ref)
-    m = NormMlpHead(16, 5, hidden_size=16, input_fmt="NCHW")
+    cl = ClNormMlpClassifierHead(16, 5, hidden_size=16, norm_layer=partial(nn.LayerNorm, eps=1e-5), act_layer="tanh")
     keys = ["norm.weight", "norm.bias", "pre_logits.fc.weight", "pre_logits.fc.bias", "fc.weight", "fc.bias"]
-    assert list(m.state_dict()) == keys
-    m.load_state_dict(ref.state_dict(), strict=True)
+    assert list(cl.state_dict()) == list(ref.state_dict()) == keys
+    cl.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(2, 16, 3, 5)
     with torch.no_grad():
-        expected = ref.eval()(x)
-        torch.testing.assert_close(m.eval()(x), expected, rtol=1e-5, atol=1e-5)
-        cl = NormMlpHead(16, 5, hidden_size=16)  # channels-last input (the default)
-        cl.load_state_dict(m.state_dict())
-        torch.testing.assert_close(cl.eval()(x.permute(0, 2, 3, 1)), expected, rtol=1e-5, atol=1e-5)
-        assert cl(x.permute(0, 2, 3, 1), pre_logits=True).shape == (2, 16)
-    cl.reset(0)
-    assert isinstance(cl.fc, nn.Identity)
-    with torch.device("meta"):
-        assert NormMlpHead(16, 5, hidden_size=8).pre_logits.fc.weight.is_meta
+        torch.testing.assert_close(cl.eval()(x.permute(0, 2, 3, 1)), ref.eval()(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cl(x.permute(0, 2, 3, 1), pre_logits=True), ref(x, pre_logits=True))
+    ref.reset(0, pool_type="")
+    cl.reset(0, pool_type="")
+    with torch.no_grad():  # unpooled: the same per-pixel features, channels-last
+        torch.testing.assert_close(cl(x.permute(0, 2, 3, 1)), ref(x).permute(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
 
 
 def test_mbconv_exports_with_symbolic_odd_and_even_sizes():

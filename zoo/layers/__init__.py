@@ -11,7 +11,6 @@ from .downsample import ConvBNDownsample, ConvDownsampler, PatchEmbedDownsample,
 from .drop import DropPath, LayerScale, drop_path
 from .dynamic_pos_bias import DynamicPosBias
 from .embed import ConvBNStem, ConvTokenizer, PatchEmbed
-from .head import NormMlpHead
 from .mbconv import MaxViTStem, MBConv, PoolShortcut, SqueezeExcite, make_divisible
 from .mlp import Mlp, gelu_tanh, get_act_layer
 from .neighborhood import NeighborhoodAttention1D, NeighborhoodAttention2D
@@ -24,7 +23,6 @@ __all__ = ["Block", "DropPath", "LayerScale", "Mlp", "PartitionAttention", "drop
 __all__ += ["CrossScaleEmbedding", "DynamicPosBias", "cross_scale_dims"]
 __all__ += ["AgentAttention"]
 __all__ += ["AvgPool2dSame", "BatchNormAct2d", "Conv2dSame", "create_avg_pool2d", "create_conv2d"]
-__all__ += ["NormMlpHead"]
 __all__ += ["MaxViTStem", "MBConv", "PoolShortcut", "SqueezeExcite", "make_divisible"]
 __all__ += ["RelPosBias", "resize_rel_pos_bias_table", "resize_rel_pos_bias_tables"]
 __all__ += ["ConvBNStem", "ConvTokenizer", "PatchEmbed", "AbsPosEmbed", "resample_abs_pos_embed"]

@@ -18,8 +18,6 @@ class Block(nn.Module):
     ``x = x + drop_path(ls1(attn(norm1(x))))`` and ``x = x + drop_path(ls2(mlp(norm2(x))))``.
     ``mixer`` is any module mapping ``[B, H, W, C] -> [B, H, W, C]`` (window, grid, routed, agent,
     neighborhood attention...). ``layer_scale`` None/0 disables layer scale (plain residual).
-    ``post_norm`` puts the norms after the branches instead (Swin-v2 style; none of the zoo's official
-    families uses it, kept for hybrids).
     """
 
     def __init__(
