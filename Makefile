@@ -11,6 +11,8 @@ TIMM   := $(shell sed -n 's/^timm==//p' constraints.txt)
 MODEL  ?=
 TASK   ?=
 ARGS   ?=
+# test workers (pytest-xdist processes, one torch thread each; tests/conftest.py): one per core of the 2-core CI
+JOBS   ?= 2
 
 .PHONY: setup demo test test-heavy lint bench clean
 
@@ -35,7 +37,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 -m "not heavy" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 -n $(JOBS) -m "not heavy" tests
 
 # the slow export checks (tiny variants, dynamo exporter, detection/segmentation heads): minutes each on CPU
 test-heavy: setup
