@@ -191,7 +191,7 @@ class ClassificationData(pl.LightningDataModule):
         )
         if train:
             return ResumableDataLoader(
-                ds, sampler=ResumableSampler(len(ds), shuffle=True, seed=self.seed), progress=self._progress, **kw
+                ds, sampler=ResumableSampler(len(ds), shuffle=True, seed=self.seed), **kw
             )
         rank, world = dist_info()
         if world > 1:  # plain strided split for evaluation (metrics are synced by torchmetrics)

@@ -1,18 +1,37 @@
-"""Resumable map-style loading: a sampler that shards by rank and skips the batches already trained on.
+"""Resumable map-style loading over torchdata's ``StatefulDataLoader`` and ``StatefulDistributedSampler``.
 
-Lightning saves ``state_dict()`` of a train loader that has one (``_Stateful``) into the checkpoint and calls
-``load_state_dict`` before iterating again, so a mid-epoch ``fit --ckpt_path last`` continues the same
-permutation from the next unseen batch.
+torchdata (the ``[train]`` extra) keeps the loader's position: ``StatefulDataLoader.state_dict()`` records how
+far the current pass got (for worker processes too: the state of the batch last handed out, not of the indices
+the workers prefetched) and ``load_state_dict`` continues from the next unseen batch. Lightning saves
+``state_dict()`` of a train loader that has one into the checkpoint and calls ``load_state_dict`` before iterating
+again, so a mid-epoch ``fit --ckpt_path last`` continues the same permutation from the next unseen batch.
+
+What stays ours, and why:
+
+- :class:`ResumableSampler` extends torchdata's ``StatefulDistributedSampler`` (torch's ``DistributedSampler``
+  permutation: seeded by seed + epoch, padded and strided by rank) with per-sample seeds: it yields
+  ``(index, derived_seed(seed, epoch, index))`` for a ``recipes.common.SeededItems`` dataset, so a sample's random
+  augmentation depends on the epoch and the sample only, not on the number of workers or where a run resumed
+  (torchdata restores positions, not the random streams of the workers). Its state also holds the epoch:
+  Lightning creates the resumed loader's iterator (and so its workers' first indices) before it calls
+  ``set_epoch``.
+- :class:`ResumableDataLoader` wraps the torchdata state in the record the checkpoints have always held
+  (``epoch``, ``batches_done``, ``seed``; torchdata's own state under ``loader``), records a finished pass as
+  the start of the next epoch (Lightning stops a sized loader after its last batch without asking for another,
+  so torchdata would resume it at its end, with nothing left to load), and loads records without ``loader``
+  (checkpoints written before the move to torchdata) by skipping the batches they name.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 __all__ = ["ResumableDataLoader", "ResumableSampler", "dist_info", "skip_none_collate", "train_collate"]
 
@@ -24,46 +43,38 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-class ResumableSampler(Sampler[int]):
-    """Epoch-seeded permutation (or order), padded to a multiple of ``world_size`` and strided by rank so the
-    ranks see disjoint samples; ``skip`` leading indices of the current epoch (set on resume). With
-    ``with_seeds`` it yields ``(index, derived_seed(seed, epoch, index))`` for a ``recipes.common.SeededItems``
-    dataset: each sample's augmentation then depends on the epoch and the sample only."""
+class ResumableSampler(StatefulDistributedSampler):
+    """Epoch-seeded permutation (or order) of ``range(n)``, padded to a multiple of the world size and strided by
+    rank (the rank and world size of the process group when it is made) so the ranks see disjoint samples.
+
+    State (torchdata's ``Stateful``): ``{"epoch", "yielded"}``; after ``load_state_dict`` the next pass starts
+    after ``yielded`` samples of that epoch's permutation, once (``set_epoch`` to another epoch drops it). With
+    ``with_seeds`` it yields ``(index, derived_seed(seed, epoch, index))`` (see the module docstring)."""
 
     def __init__(self, n: int, shuffle: bool = True, seed: int = 0, with_seeds: bool = False) -> None:
-        self.n, self.shuffle, self.seed, self.with_seeds = int(n), bool(shuffle), int(seed), bool(with_seeds)
-        self.epoch = 0
-        self.skip = 0
+        rank, world = dist_info()
+        super().__init__(range(int(n)), num_replicas=world, rank=rank, shuffle=bool(shuffle), seed=int(seed))
+        self.n, self.with_seeds = int(n), bool(with_seeds)
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.skip = 0
-        self.epoch = int(epoch)
+        if int(epoch) != self.epoch:
+            self.next_yielded = None  # a position recorded in another epoch does not apply to this one
+        super().set_epoch(int(epoch))
 
-    def _indices(self) -> list[int]:
-        rank, world = dist_info()
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            idx = torch.randperm(self.n, generator=g).tolist()
-        else:
-            idx = list(range(self.n))
-        if world > 1:
-            pad = (-len(idx)) % world
-            idx = (idx + idx[:pad])[rank::world]
-        return idx
+    def __iter__(self) -> Iterator[Any]:
+        if not self.with_seeds:
+            return super().__iter__()
+        from recipes.common import derived_seed
 
-    def __iter__(self) -> Iterator[int]:
-        idx = self._indices()
-        skip, self.skip = self.skip, 0
-        if self.with_seeds:
-            from recipes.common import derived_seed
+        epoch, seed = self.epoch, self.seed
+        return ((i, derived_seed(seed, epoch, i)) for i in super().__iter__())
 
-            return iter([(i, derived_seed(self.seed, self.epoch, i)) for i in idx[skip:]])
-        return iter(idx[skip:])
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.epoch), **super().state_dict()}
 
-    def __len__(self) -> int:
-        _, world = dist_info()
-        return -(-self.n // world)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        super().load_state_dict(state)
 
 
 def loader_state(epoch: int, batches_done: int, num_batches: int, seed: int) -> dict[str, int]:
@@ -74,37 +85,48 @@ def loader_state(epoch: int, batches_done: int, num_batches: int, seed: int) -> 
     return {"epoch": int(epoch), "batches_done": int(batches_done), "seed": int(seed)}
 
 
-class ResumableDataLoader(DataLoader):
-    """DataLoader over a ``ResumableSampler`` with ``state_dict``/``load_state_dict`` (epoch + batches done).
+class ResumableDataLoader(StatefulDataLoader):
+    """torchdata's ``StatefulDataLoader`` over a ``ResumableSampler``; ``state_dict()`` is
+    ``{"epoch", "batches_done", "seed"}`` plus, mid-epoch, torchdata's state under ``"loader"``.
 
-    ``progress`` returns how many batches of the current epoch were trained on (the datamodule passes the
-    trainer's batch progress: Lightning prefetches one batch, so the loader's own count would be one ahead).
     The dataset is wrapped in ``recipes.common.SeededItems`` and the sampler yields per-sample seeds, so random
     augmentation is the same for any number of workers and after a mid-epoch resume."""
 
-    def __init__(self, dataset: Any, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, dataset: Any, *args: Any, **kwargs: Any) -> None:
         from recipes.common import SeededItems
 
-        super().__init__(SeededItems(dataset), *args, **kwargs)
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, which torch 2.14 deprecates
+            warnings.filterwarnings("ignore", message=".*set_vital.*deprecated", category=UserWarning)
+            super().__init__(SeededItems(dataset), *args, **kwargs)
         if not isinstance(self.sampler, ResumableSampler):
             raise TypeError("ResumableDataLoader needs sampler=ResumableSampler(...)")
         self.sampler.with_seeds = True
-        self.progress = progress
         self._yielded = 0
+        self._resumed_at = 0
 
     def __iter__(self) -> Iterator[Any]:
-        self._yielded = self.sampler.skip // max(1, self.batch_size or 1)
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        self._yielded, self._resumed_at = self._resumed_at, 0
+        for batch in batches:
             self._yielded += 1
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        done = self.progress() if self.progress is not None else self._yielded
-        return loader_state(self.sampler.epoch, done, len(self), self.sampler.seed)
+    def state_dict(self) -> dict[str, Any]:
+        state = loader_state(self.sampler.epoch, self._yielded, len(self), self.sampler.seed)
+        if state["batches_done"]:  # mid-epoch: an iterator exists (asking for a state without one starts one)
+            state["loader"] = super().state_dict()
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.epoch = int(state["epoch"])
-        self.sampler.skip = int(state["batches_done"]) * int(self.batch_size or 1)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.set_epoch(int(state["epoch"]))
+        done = int(state["batches_done"])
+        if "loader" in state:
+            super().load_state_dict(state["loader"])
+        else:  # a record without torchdata's state: start the epoch after the batches it names
+            super().load_state_dict({})
+            if done:
+                self.sampler.load_state_dict({"epoch": state["epoch"], "yielded": done * int(self.batch_size or 1)})
+        self._yielded = self._resumed_at = done  # a state asked for before the next batch says the same
 
 
 def skip_none_collate(batch: list[Any], min_size: int = 1) -> Any:

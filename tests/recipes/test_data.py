@@ -144,8 +144,11 @@ def test_resumable_sampler_rank_split_and_skip(monkeypatch):
     a = ResumableSampler(20, seed=1)
     a.set_epoch(1)
     full = list(a)
-    a.skip = 8
-    assert list(a) == full[8:] and list(a) == full  # skip applies once
+    a.load_state_dict({"epoch": 1, "yielded": 8})
+    assert list(a) == full[8:] and list(a) == full  # the position applies once
+    a.load_state_dict({"epoch": 1, "yielded": 8})
+    a.set_epoch(2)
+    assert len(list(a)) == 20  # a position in another epoch does not apply
     b = ResumableSampler(20, seed=1)
     assert list(b) != full  # another epoch, another permutation
 
