@@ -9,6 +9,10 @@ holds only containers, numbers, strings and tensors, so a file that needs other 
 (unpickling can run code) unless the caller opts in with ``ZOO_ALLOW_PICKLE=1`` or
 ``with zoo.models.allow_pickle():``. ``resume_checkpoint`` picks what a resume loads: ``last.ckpt``, or the
 newest intact checkpoint when it is corrupt, or an error when there is nothing to resume.
+``backbone_state_dict`` / ``load_backbone`` take a backbone's weights out of a recipe checkpoint or a state dict
+file (the ``backbone_checkpoint`` of the detection and segmentation recipes). Every file is read by the zoo's one
+reader (``zoo.models.read_checkpoint``) and every network loaded by its one strict loader
+(``zoo.export.load_checkpoint_strict``: a missing, unexpected or mis-shaped weight is an error naming them).
 ``recipe_preprocessing`` tells what the run's data did to an image (mean/std, interpolation, crop, class names);
 ``save_timm_folder`` writes the trained network in timm's ``save_for_hf`` layout with that preprocessing, so
 ``timm.create_model("local-dir:<folder>", pretrained=True)`` and timm's scripts use it without extra flags.
@@ -27,9 +31,13 @@ from typing import Any
 
 from torch import nn
 
+from zoo.export import load_checkpoint_strict, load_state_dict_file
+
 __all__ = [
     "TASK_MODULES",
     "NothingToResumeError",
+    "backbone_state_dict",
+    "load_backbone",
     "load_model",
     "module_class",
     "read_recipe_checkpoint",
@@ -124,6 +132,11 @@ def resume_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
     )
 
 
+def _under(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``state`` under ``prefix``, without it."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network of a recipe checkpoint (read with ``weights_only=True``, see module docstring).
 
@@ -150,16 +163,13 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.M
         if k in init_hp:
             init_hp[k] = False
     module = cls(**init_hp)
-    state = ckpt["state_dict"]
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    # EMA copies and metric states are allowed extras; the network itself must load fully
-    missing = [k for k in missing if k.startswith("model.")]
-    if missing:
-        raise ValueError(f"checkpoint {path!r} does not fill the network: missing {missing[:8]}")
+    # the network loads strictly from its own keys; EMA copies and metric states are other keys of the module
     model = module.model
-    ema_state = {k[len("model_ema.module."):]: v for k, v in state.items() if k.startswith("model_ema.module.")}
-    if ema_state and hp.get("eval_ema", True):
-        model.load_state_dict(ema_state)
+    for prefix in ("model.", "model_ema.module."):
+        weights = _under(ckpt["state_dict"], prefix)
+        if prefix == "model." or (weights and hp.get("eval_ema", True)):
+            load_checkpoint_strict(model, weights, what=f"the {task} network", source=f"checkpoint {path!r}",
+                                   hint=f"its '{prefix}*' weights: written by other code or modified?")
     info = {
         "task": task,
         "model_name": hp.get("model_name") or hp.get("backbone"),
@@ -244,3 +254,46 @@ def save_timm_folder(path: str | os.PathLike, folder: str | os.PathLike) -> Path
         raise ValueError(f"--out {folder}: a file is in the way; give a folder name")
     save_for_hf(model, str(folder), model_config=model_config, data_config=data_config, safe_serialization=True)
     return folder
+
+
+def backbone_state_dict(path: str, model_name: str) -> dict:
+    """The backbone weights in ``path`` for ``model_name``, as a state dict in timm's layout (classifier head
+    included when the file has one): a recipe checkpoint (``.ckpt`` from tools/train.py or tools/demo.py, e.g. the
+    classification main job's best; read with ``weights_only=True``; its EMA weights when it kept them) or any
+    state dict file timm loads (``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin``, zoo layout, optionally under
+    ``state_dict`` / ``model``; :func:`zoo.export.load_state_dict_file`). A file of another model is refused."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist")
+    if p.suffix != ".ckpt":
+        return load_state_dict_file(p, model=model_name)
+    ckpt = read_recipe_checkpoint(p)
+    hp = ckpt.get("hyper_parameters") or {}
+    name = hp.get("model_name")
+    if name is not None and name.split(".")[0] != model_name.split(".")[0]:
+        raise ValueError(f"backbone checkpoint {path!r} is a {name} ({hp.get('task')} recipe), the backbone is "
+                         f"{model_name}: give a checkpoint of {model_name} or set model_name={name}")
+    if hp.get("task") not in (None, "classification"):
+        raise ValueError(f"backbone checkpoint {path!r} is a {hp.get('task')} recipe checkpoint; give a "
+                         "classification checkpoint or a timm state dict file")
+    state = ckpt.get("state_dict") or {}
+    ema = hp.get("eval_ema", True) and any(k.startswith("model_ema.module.") for k in state)
+    prefix = "model_ema.module." if ema else "model."
+    sd = _under(state, prefix)
+    if not sd:
+        raise ValueError(f"{path!r} holds no network weights under 'state_dict' ('{prefix}*')")
+    return sd
+
+
+def load_backbone(body: nn.Module, path: str, model_name: str) -> dict[str, int]:
+    """Load :func:`backbone_state_dict` into a timm ``features_only`` model ``body`` (the FPN body of the detection
+    recipe, smp's ``encoder.model``). Every backbone weight must come from the file (a missing or mis-shaped one
+    raises ValueError naming them); weights the features model does not have (the classifier, the final norm)
+    are left out. Returns ``{"loaded": n, "left_out": m}``."""
+    sd = backbone_state_dict(path, model_name)
+    target = body.model if hasattr(body, "model") and isinstance(body.model, nn.Module) else body
+    own = target.state_dict()
+    load_checkpoint_strict(target, {k: v for k, v in sd.items() if k in own}, what=f"{model_name}'s features",
+                           source=f"backbone checkpoint {path!r}",
+                           hint="a checkpoint of another model or of other settings?")
+    return {"loaded": len(own), "left_out": len([k for k in sd if k not in own])}

@@ -212,3 +212,124 @@ def test_default_callbacks_write_checkpoints_metrics_and_curves(tmp_path):
     assert 0.0 <= m["best"]["val/acc1"] <= 1.0 and m["best_checkpoint"].endswith(".ckpt")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert any(isinstance(c, FinalMetrics) for c in cbs)
+
+
+def _old_warmup_cosine(step: int, total: int, warmup: int, ratio: float) -> float:
+    """The factor of the hand-written schedule cosine_warmup_scheduler replaced (LambdaLR), as it was."""
+    total = max(int(total), 1)
+    warmup = max(0, min(int(warmup), total - 1))
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@pytest.mark.parametrize("total, warmup, ratio", [(110, 10, 0.1), (50, 0, 0.01), (7, 1, 0.01), (1, 0, 0.01),
+                                                  (3, 5, 0.2), (400, 20, 0.01)])
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+def test_scheduler_gives_the_old_per_step_rates(total, warmup, ratio, layer_decay):
+    """torch's LinearLR + CosineAnnealingLR + ConstantLR (SequentialLR; LambdaLR for groups at different rates)
+    give every step the rate of the old hand-written formula, past the end too, for every group."""
+    model = timm.create_model("nat_nano", num_classes=4)
+    opt = build_optimizer(model, lr=3e-3, weight_decay=0.05, layer_decay=layer_decay)
+    base = [g["lr"] for g in opt.param_groups]
+    assert (len(set(base)) > 1) == (layer_decay is not None)
+    sched = cosine_warmup_scheduler(opt, total_steps=total, warmup_steps=warmup, min_lr_ratio=ratio)
+    kind = torch.optim.lr_scheduler.LambdaLR if layer_decay else torch.optim.lr_scheduler.SequentialLR
+    assert isinstance(sched, kind)
+    for step in range(total + 15):
+        want = [b * _old_warmup_cosine(step, total, warmup, ratio) for b in base]
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(want, rel=1e-12, abs=1e-15), step
+        opt.step()
+        sched.step()
+
+
+def test_scheduler_state_resumes_the_same_rates():
+    """A scheduler rebuilt and loaded from state_dict (as Lightning resumes) continues with the same rates as the
+    uninterrupted one, bit for bit."""
+
+    def make():
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.5)
+        return opt, cosine_warmup_scheduler(opt, total_steps=60, warmup_steps=6, min_lr_ratio=0.05)
+
+    opt, sched = make()
+    lrs = []
+    for step in range(70):
+        if step == 23:
+            opt_state, sched_state = opt.state_dict(), sched.state_dict()
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    opt2, sched2 = make()
+    opt2.load_state_dict(opt_state)
+    sched2.load_state_dict(sched_state)
+    resumed = []
+    for _ in range(23, 70):
+        resumed.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert resumed == lrs[23:]
+
+
+def test_common_keeps_every_name_of_the_split_modules():
+    """recipes.common re-exports the pieces that moved to recipes.optimization/callbacks/loggers/skips/seeding/cli:
+    the very same objects, so configs, checkpoints and imports that name recipes.common keep working."""
+    import recipes.callbacks
+    import recipes.cli
+    import recipes.common
+    import recipes.loggers
+    import recipes.optimization
+    import recipes.seeding
+    import recipes.skips
+
+    homes = [recipes.optimization, recipes.callbacks, recipes.loggers, recipes.skips, recipes.seeding, recipes.cli]
+    for name in recipes.common.__all__:
+        obj = getattr(recipes.common, name)
+        owners = [m for m in homes if getattr(m, name, None) is obj]
+        assert owners or obj.__module__ == "recipes.common", name
+
+
+def test_backbone_file_that_does_not_fit_names_the_keys(tmp_path):
+    """load_backbone goes through the one strict loader (zoo.export.load_checkpoint_strict): a file of other settings
+    is refused with the mismatching keys, and nothing is loaded."""
+    from safetensors.torch import save_file
+
+    from recipes.checkpoint import load_backbone
+
+    body = timm.create_model("nat_nano", features_only=True)
+    before = {k: v.clone() for k, v in body.state_dict().items()}
+    sd = timm.create_model("nat_nano", num_classes=3).state_dict()
+    sd["stem.proj.0.weight"] = sd["stem.proj.0.weight"][:, :1]  # a one-channel stem
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    with pytest.raises(ValueError, match=r"backbone checkpoint .*other.safetensors.* does not fit nat_nano's features"
+                                         r".*shape mismatches: stem\.proj\.0\.weight"):
+        load_backbone(body, str(path), "nat_nano")
+    assert all(torch.equal(v, before[k]) for k, v in body.state_dict().items())
+    del sd["stem.proj.0.weight"]
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    with pytest.raises(ValueError, match=r"missing keys: stem\.proj\.0\.weight"):
+        load_backbone(body, str(path), "nat_nano")
+
+
+def test_scheduler_resumes_a_checkpoint_of_the_old_lambda_schedule():
+    """A run checkpointed while the schedule was a LambdaLR of the same factors resumes with the same rates."""
+    total, warmup, ratio = 80, 8, 0.05
+
+    def make_opt():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+
+    old_opt = make_opt()
+    old = torch.optim.lr_scheduler.LambdaLR(old_opt, lambda k: _old_warmup_cosine(k, total, warmup, ratio))
+    for _ in range(37):
+        old_opt.step()
+        old.step()
+    opt = make_opt()
+    sched = cosine_warmup_scheduler(opt, total_steps=total, warmup_steps=warmup, min_lr_ratio=ratio)
+    opt.load_state_dict(old_opt.state_dict())  # Lightning restores the optimizer, then the scheduler
+    sched.load_state_dict(old.state_dict())
+    for step in range(37, total + 5):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.4 * _old_warmup_cosine(step, total, warmup, ratio)), step
+        opt.step()
+        sched.step()
