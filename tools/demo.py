@@ -35,7 +35,6 @@ grey, stratified from the official splits; 1k of the train images (100 per class
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import platform
@@ -63,7 +62,6 @@ DENSE_DEFAULTS = {
 DEEPFOREST = REPO / "data" / "deepforest"
 # the settings that define a run: --resume takes them from the checkpoint (given ones must agree)
 RUN_SETTINGS = (*DEFAULTS, "task", "backbone_checkpoint", "detector", "fpn_channels", "scenes_train", "scenes_val")
-MANIFEST, LOCK = ".zoo-run.json", ".zoo-run.lock"
 
 
 def _run_outputs(model: str, task: str = "cls") -> list[str]:
@@ -75,62 +73,17 @@ def _run_outputs(model: str, task: str = "cls") -> list[str]:
 
 
 def lock_out(out: Path) -> Any:
-    """Take an exclusive ``flock`` on ``<out>/.zoo-run.lock`` and return the open lock file (closing it releases
-    the lock; the kernel releases it when the process ends, however it ends), or exit saying which process holds
-    it."""
-    import fcntl
+    """Lock ``--out`` for this run (:func:`recipes.run_folder.lock_out`; imported on use, ``--help`` needs none)."""
+    from recipes.run_folder import lock_out as lock
 
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / LOCK, "a+")  # noqa: SIM115 - held open on purpose
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
-        f.seek(0)
-        owner = f.read().strip() or "?"
-        f.close()
-        raise SystemExit(f"--out {out}: another run (pid {owner}) is using this folder; wait for it to finish or "
-                         "choose another --out") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
+    return lock(out)
 
 
 def prepare_out(out: Path, model: str, resume: bool, overwrite: bool, task: str = "cls") -> None:
-    """Check ``--out`` (locked by :func:`lock_out`) before a run writes into it. A fresh run needs a folder without
-    run outputs; with ``--overwrite`` it deletes what the earlier run recorded in ``.zoo-run.json`` (and nothing
-    else). Output names present that no run recorded are never deleted: the run refuses them. Records what this
-    run will write."""
-    import shutil
+    """Check and record ``--out`` for a run of ``task`` (:func:`recipes.run_folder.prepare_out`)."""
+    from recipes.run_folder import prepare_out as prepare
 
-    manifest = out / MANIFEST
-    recorded = json.loads(manifest.read_text()).get("created", []) if manifest.is_file() else []
-    if not resume:
-        if recorded and not overwrite:
-            raise SystemExit(
-                f"--out {out} holds another run ({', '.join(n for n in recorded if (out / n).exists()) or MANIFEST}); "
-                "continue it with --resume, replace it with --overwrite (deletes only what that run wrote), or "
-                "choose another --out"
-            )
-        for name in recorded if overwrite else []:
-            p = out / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
-        manifest.unlink(missing_ok=True)
-        recorded = []
-        foreign = [n for n in _run_outputs(model, task) if (out / n).exists() or (out / n).is_symlink()]
-        if foreign:
-            raise SystemExit(
-                f"--out {out} already holds {', '.join(foreign)}, which no zoo run recorded writing; they are not "
-                "deleted: move them or choose another --out"
-            )
-    created = sorted(set(recorded) | set(_run_outputs(model, task)))
-    manifest.write_text(json.dumps({"tool": "tools/demo.py", "created": created}, indent=2))
+    prepare(out, _run_outputs(model, task), resume, overwrite, tool="tools/demo.py")
 
 
 def resume_settings(out: Path, args: argparse.Namespace, given: set[str]) -> Path:
@@ -188,59 +141,14 @@ def _datamodule(args: argparse.Namespace):  # noqa: ANN202
     )
 
 
-def _onnx_accuracy(onnx_path: str, loader) -> tuple[float, int]:  # noqa: ANN001
-    """Top-1 of the file in onnxruntime through ``zoo.export.OnnxRunner``: an input outside the size range in
-    the file's metadata (e.g. below its minimum size) is a ValueError, not a silent answer."""
-    import numpy as np
-
-    from zoo.export import OnnxRunner
-
-    run = OnnxRunner(onnx_path)
-    correct = total = 0
-    for batch in loader:
-        if batch is None:
-            continue
-        x, y = batch
-        logits = run(x)[0]
-        correct += int((np.argmax(logits, 1) == y.numpy()).sum())
-        total += len(y)
-    return correct / max(total, 1), total
-
-
 def _export(model, path: Path, img_size: int) -> dict:  # noqa: ANN001
     """ONNX export with verification in onnxruntime: ``zoo.export.export_onnx`` (dynamic batch and size, checked
-    at two sizes), or plain ``torch.onnx.export`` + an onnxruntime comparison where zoo.export is unavailable."""
-    try:
-        from zoo.export import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        rep = export_onnx(model, path, img_size=img_size, batch_size=2)
-        return {"path": rep.path, "exporter": rep.exporter, "verified": rep.verified, "opset": rep.opset,
-                "checks": [c.__dict__ if hasattr(c, "__dict__") else str(c) for c in rep.checks]}
-    import numpy as np
-    import onnxruntime as ort
-    import torch
+    far from the export size)."""
+    from zoo.export import export_onnx
 
-    x = torch.randn(2, 3, img_size, img_size)
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=18,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    with torch.inference_mode():
-        ref = model(x).numpy()
-    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
-    err = float(np.abs(out - ref).max())
-    return {"path": str(path), "exporter": "torchscript", "verified": err < 1e-3, "max_abs_err": err}
-
-
-def _settings_callback(settings: dict) -> Any:
-    """A callback that writes the run's settings into every checkpoint (``demo_settings``) for ``--resume``."""
-    import lightning.pytorch as pl
-
-    class _SaveSettings(pl.Callback):
-        def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:  # noqa: ANN001
-            checkpoint["demo_settings"] = dict(settings)
-
-    return _SaveSettings()
+    rep = export_onnx(model, path, img_size=img_size, batch_size=2)
+    return {"path": rep.path, "exporter": rep.exporter, "verified": rep.verified, "opset": rep.opset,
+            "checks": [c.__dict__ for c in rep.checks]}
 
 
 def _fit(module: Any, dm: Any, out: Path, args: argparse.Namespace, settings: dict, resume_from: Path | None,
@@ -250,18 +158,15 @@ def _fit(module: Any, dm: Any, out: Path, args: argparse.Namespace, settings: di
     not a traceback. ``trainer_kw`` adds task-specific Trainer options. Returns the trainer and the fit seconds."""
     import lightning.pytorch as pl
 
-    from recipes.common import (
-        AtomicCheckpointIO,
-        CheckpointWriteError,
-        DataSkipError,
-        default_callbacks,
-        default_loggers,
-    )
+    from recipes.callbacks import SaveSettings, default_callbacks
+    from recipes.common import AtomicCheckpointIO, CheckpointWriteError
+    from recipes.loggers import default_loggers
+    from recipes.skips import DataSkipError
 
     steps_per_epoch = len(dm.train_dataloader())
     callbacks = default_callbacks(out, every_n_train_steps=max(20, steps_per_epoch // 2), monitor=module.monitor,
                                   mode=module.monitor_mode, progress_bar=sys.stdout.isatty())
-    callbacks.append(_settings_callback(settings))
+    callbacks.append(SaveSettings(settings))
     trainer = pl.Trainer(default_root_dir=str(out), max_epochs=args.epochs, accelerator="auto", devices=1,
                          precision=args.precision, gradient_clip_val=1.0, callbacks=callbacks,
                          logger=default_loggers(out), plugins=[AtomicCheckpointIO()], log_every_n_steps=10,
@@ -332,6 +237,7 @@ def _run(args: argparse.Namespace, given: set[str], out: Path) -> None:
     import zoo  # noqa: F401 - registers the zoo models
     from recipes.checkpoint import load_model
     from recipes.classification import ClassificationModule
+    from recipes.deploy import onnx_accuracy
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -378,7 +284,7 @@ def _run(args: argparse.Namespace, given: set[str], out: Path) -> None:
         model, info = load_model(best)
         onnx_path = out / f"{args.model}.onnx"
         onnx_info = _export(model, onnx_path, args.img_size)
-        onnx_acc, n = _onnx_accuracy(str(onnx_path), dm.test_dataloader())
+        onnx_acc, n = onnx_accuracy(str(onnx_path), dm.test_dataloader())
         onnx_info.update(test_acc1=onnx_acc, test_images=n, seconds=round(time.perf_counter() - t_exp, 1))
     total_s = time.perf_counter() - t_start
 
@@ -392,10 +298,18 @@ def _run(args: argparse.Namespace, given: set[str], out: Path) -> None:
         "onnx": onnx_info,
     }
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
+    n_test = len(dm.test_set) if hasattr(dm.test_set, "__len__") else '?'
+    _print_cls_summary(args, out, best, metrics, n_test, acc1, acc5, (fit_s, test_s, total_s))
 
+
+def _print_cls_summary(args: argparse.Namespace, out: Path, best: str, metrics: dict, n_test: Any, acc1: float,
+                       acc5: float, seconds: tuple[float, float, float]) -> None:
+    """The classification job's closing summary: accuracies, time, skipped samples, where the outputs are."""
+    fit_s, test_s, total_s = seconds
+    onnx_info = metrics["demo"]["onnx"]
+    metrics_path = out / "metrics.json"
     print("\n" + "=" * 78)
-    print(f"test accuracy: top-1 {100 * acc1:.2f}%  top-5 {100 * acc5:.2f}%  "
-          f"({args.model}, {len(dm.test_set) if hasattr(dm.test_set, '__len__') else '?'} test images)")
+    print(f"test accuracy: top-1 {100 * acc1:.2f}%  top-5 {100 * acc5:.2f}%  ({args.model}, {n_test} test images)")
     if onnx_info:
         print(f"ONNX (onnxruntime) test accuracy: top-1 {100 * onnx_info['test_acc1']:.2f}%  "
               f"verified against PyTorch: {onnx_info.get('verified')}")
@@ -533,84 +447,6 @@ def _draw_predictions(model: Any, dm: Any, task: str, class_names: list[str], pn
     return save_png(grid(cells, nrow=4, cell=192), png)
 
 
-def _detector_for_onnx(detector: Any) -> Any:
-    """The exported detector: ``[1, 3, H, W]`` RGB 0..1 -> ``(boxes [N, 4] xyxy, labels [N] 1..K, scores [N])``;
-    torchvision's transform (normalise, resize, pad) and postprocessing are in the graph."""
-    from torch import nn
-
-    class DetectorForOnnx(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.detector = detector
-
-        def forward(self, x):  # noqa: ANN001, ANN202
-            out = self.detector(list(x))[0]
-            return out["boxes"], out["labels"], out["scores"]
-
-    return DetectorForOnnx().eval()
-
-
-def _segmenter_for_onnx(model: Any, mean: Any, std: Any) -> Any:
-    """The exported segmenter: ``[B, 3, H, W]`` RGB 0..1 (H, W multiples of 32) -> logits; normalisation in the
-    graph."""
-    import torch
-    from torch import nn
-
-    class SegmenterForOnnx(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-        def forward(self, x):  # noqa: ANN001, ANN202
-            return self.model((x - self.mean) / self.std)
-
-    return SegmenterForOnnx().eval()
-
-
-def _onnx_score(onnx_path: Path, dm: Any, task: str, num_classes: int) -> dict:
-    """Score the ONNX file on the validation split in onnxruntime: mAP / mAP@0.5 (detection) or mIoU."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    ds = dm.val_dataloader().dataset
-    n = 0
-    if task == "det":
-        from torchmetrics.detection import MeanAveragePrecision
-
-        metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
-        for i in range(len(ds)):
-            item = ds[i]
-            if item is None:
-                continue
-            image, target = item
-            boxes, labels, scores = sess.run(None, {name: image[None].numpy()})
-            metric.update([{"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
-                            "scores": torch.from_numpy(scores)}],
-                          [{"boxes": target["boxes"], "labels": target["labels"]}])
-            n += 1
-        r = metric.compute()
-        return {"val_map": float(r["map"]), "val_map_50": float(r["map_50"]), "images": n}
-    from torchmetrics.classification import MulticlassJaccardIndex
-
-    metric = MulticlassJaccardIndex(num_classes, average="macro", ignore_index=255)
-    for i in range(len(ds)):
-        item = ds[i]
-        if item is None:
-            continue
-        image, mask = item["image"], item["mask"]
-        h, w = image.shape[-2:]
-        x = torch.nn.functional.pad(image[None], (0, (-w) % 32, 0, (-h) % 32))
-        logits = sess.run(None, {name: x.numpy().astype(np.float32)})[0][..., :h, :w]
-        metric.update(torch.from_numpy(logits).argmax(1), mask[None])
-        n += 1
-    return {"val_miou": float(metric.compute()), "images": n}
-
-
 def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from: Path | None,
                t_start: float) -> None:
     """Detection / segmentation main job in the locked --out: data, fit, pictures, export, summary."""
@@ -618,6 +454,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     import torch
 
     from recipes.checkpoint import load_model
+    from recipes.loggers import validation_curve
 
     key = "det-deepforest" if args.task == "det" and args.data == "deepforest" else args.task
     for k, v in {**DEFAULTS, **DENSE_DEFAULTS[key]}.items():
@@ -655,7 +492,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     curve_keys = ("val/map", "val/map_50") if args.task == "det" else ("val/miou", "val/pixel_acc")
-    curve = _val_curve(out / "logs" / "metrics.csv", curve_keys)
+    curve = validation_curve(out / "logs" / "metrics.csv", curve_keys)
 
     model, _ = load_model(best)
     t_draw = time.perf_counter()
@@ -664,24 +501,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
 
     onnx_info: dict = {}
     if not args.no_export:
-        from recipes.predictions import write_onnx_metadata
-        from zoo.export import export_onnx
-
-        t_exp = time.perf_counter()
-        onnx_path = out / f"{args.model}_{args.task}.onnx"
-        s = args.img_size
-        if args.task == "det":
-            rep = export_onnx(_detector_for_onnx(model), onnx_path, img_size=(s, s), dynamic_batch=False,
-                              check_sizes=[(s, s), (s + 32, s + 16)], atol=1e-3, rtol=1e-3)
-            write_onnx_metadata(onnx_path, "detection", class_names, input="0..1")
-        else:
-            hp = module.hparams
-            rep = export_onnx(_segmenter_for_onnx(model, hp.mean, hp.std), onnx_path, img_size=s, batch_size=2)
-            write_onnx_metadata(onnx_path, "segmentation", class_names, input="0..1", size_multiple=32)
-        onnx_info = {"path": str(onnx_path), "exporter": rep.exporter, "verified": rep.verified and rep.ok,
-                     "max_abs_diff": rep.max_abs, "checks": [c.line() for c in rep.checks]}
-        onnx_info.update(_onnx_score(onnx_path, dm, args.task, len(class_names)))
-        onnx_info["seconds"] = round(time.perf_counter() - t_exp, 1)
+        onnx_info = _export_dense(args, out, model, module.hparams, dm, class_names)
     total_s = time.perf_counter() - t_start
 
     metrics["demo"] = {
@@ -696,7 +516,41 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
         "onnx": onnx_info,
     }
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
+    _print_dense_summary(args, out, metrics["demo"], curve_keys, best_score, (fit_s, total_s))
 
+
+def _export_dense(args: argparse.Namespace, out: Path, model: Any, hp: Any, dm: Any, class_names: list[str]) -> dict:
+    """The best detector / segmenter exported with its pre- and postprocessing in the graph (recipes.deploy),
+    verified against PyTorch, its metadata written and its validation score in onnxruntime."""
+    from recipes.deploy import detector_for_onnx, onnx_val_score, segmenter_for_onnx
+    from recipes.predictions import write_onnx_metadata
+    from zoo.export import export_onnx
+
+    t_exp = time.perf_counter()
+    onnx_path = out / f"{args.model}_{args.task}.onnx"
+    s = args.img_size
+    if args.task == "det":
+        rep = export_onnx(detector_for_onnx(model), onnx_path, img_size=(s, s), dynamic_batch=False,
+                          check_sizes=[(s, s), (s + 32, s + 16)], atol=1e-3, rtol=1e-3)
+        write_onnx_metadata(onnx_path, "detection", class_names, input="0..1")
+    else:
+        rep = export_onnx(segmenter_for_onnx(model, hp.mean, hp.std), onnx_path, img_size=s, batch_size=2)
+        write_onnx_metadata(onnx_path, "segmentation", class_names, input="0..1", size_multiple=32)
+    onnx_info = {"path": str(onnx_path), "exporter": rep.exporter, "verified": rep.verified and rep.ok,
+                 "max_abs_diff": rep.max_abs, "checks": [c.line() for c in rep.checks]}
+    onnx_info.update(onnx_val_score(onnx_path, dm, args.task, len(class_names)))
+    onnx_info["seconds"] = round(time.perf_counter() - t_exp, 1)
+    return onnx_info
+
+
+def _print_dense_summary(args: argparse.Namespace, out: Path, d: dict, curve_keys: tuple[str, ...], best_score: Any,
+                         seconds: tuple[float, float]) -> None:
+    """The detection / segmentation job's closing summary (``d``: the ``demo`` entry of metrics.json)."""
+    import torch
+
+    fit_s, total_s = seconds
+    curve, onnx_info, best, png = d["val_curve"], d["onnx"], d["best_checkpoint"], d["predictions_png"]
+    metrics_path = out / "metrics.json"
     print("\n" + "=" * 78)
     print("validation per epoch:")
     for row in curve:
@@ -706,7 +560,7 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     best_row = max(curve, key=lambda r: r.get(curve_keys[0], -1)) if curve else {}
     extra = f"  mAP@0.5 {best_row.get('val/map_50', float('nan')):.4f}" if args.task == "det" else ""
     print(f"best validation {name}: {float(best_score) if best_score is not None else float('nan'):.4f}{extra} "
-          f"({args.model}, {n_val} validation images)")
+          f"({args.model}, {d['val_images']} validation images)")
     if onnx_info:
         score = (f"mAP {onnx_info['val_map']:.4f}  mAP@0.5 {onnx_info['val_map_50']:.4f}" if args.task == "det"
                  else f"mIoU {onnx_info['val_miou']:.4f}")
@@ -722,23 +576,6 @@ def _run_dense(args: argparse.Namespace, given: set[str], out: Path, resume_from
     for label, p in rows:
         print(f"  {label:<40} {p}")
     print("=" * 78)
-
-
-def _val_curve(csv_path: Path, keys: tuple[str, ...]) -> list[dict]:
-    """The validation metrics per validation (epoch, step, ``keys``) from the CSV log."""
-    import csv
-
-    if not csv_path.is_file():
-        return []
-    rows: dict[int, dict] = {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get(keys[0]) in (None, ""):
-                continue
-            step = int(float(row.get("step") or 0))
-            rows[step] = {"epoch": int(float(row.get("epoch") or 0)), "step": step,
-                          **{k: float(row[k]) for k in keys if row.get(k) not in (None, "")}}
-    return [rows[k] for k in sorted(rows)]
 
 
 if __name__ == "__main__":

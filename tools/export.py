@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import zoo
-from zoo.export import EXPORTERS, HEADS, ExportError, export_onnx
+from zoo.export import EXPORTERS, HEADS, INT8_MODES, OPTIMIZATION_LEVELS, ExportError, export_onnx
 
 
 def load_recipe_checkpoint(path: Path):
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--static-batch", action="store_true", help="fixed batch axis (default: dynamic)")
     ap.add_argument("--static-size", action="store_true", help="fixed H/W (default: dynamic)")
     ap.add_argument("--fp16", action="store_true", help="export in float16")
-    ap.add_argument("--int8", choices=("dynamic", "static"),
+    ap.add_argument("--int8", choices=INT8_MODES,
                     help="quantize with onnxruntime.quantization (static needs --calibration)")
     ap.add_argument("--calibration",
                     help="images for static int8 (and int8 verification): 'fashion_mnist', an .npz or an image folder")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="int8 pass criterion: relative L2 error of the outputs (default 0.1)")
     ap.add_argument("--optimized", metavar="PATH",
                     help="also save onnxruntime's optimised graph here (runs in onnxruntime only)")
-    ap.add_argument("--optimization-level", choices=("basic", "extended", "all"), default="extended")
+    ap.add_argument("--optimization-level", choices=OPTIMIZATION_LEVELS, default="extended")
     ap.add_argument("--head", choices=HEADS, default="logits")
     ap.add_argument("--exporter", choices=EXPORTERS, default="auto")
     ap.add_argument("--backend", choices=("sdpa", "reference"), help="zoo.ops path while exporting")
