@@ -79,3 +79,50 @@ def check_fits(
         raise ValueError(
             f"checkpoint_filter_fn({family}): {what} does not fit the model ({hint}); " + "; ".join(problems)
         )
+
+
+def _next_stage_downsample(m: re.Match) -> str:
+    return f"stages.{int(m.group(1)) + 1}.downsample.{m.group(2)}.{m.group(3)}"
+
+
+def swin_layout_keys(blocks: str, downsample: str, levels: str = "layers") -> list[tuple[re.Pattern, Any]]:
+    """Key map entries of the Swin-style official layouts (Agent-Swin, CrossFormer, NAT/DiNAT):
+    ``{levels}.i.blocks.j.<blocks>`` → ``stages.i.blocks.j.<same>``, ``{levels}.i.downsample.<downsample>.
+    (weight|bias)`` → ``stages.{i+1}.downsample.<same>`` (the official downsampler ends stage ``i``, the zoo's
+    starts stage ``i+1``), ``norm`` → ``norm``, ``head`` → ``head.fc``. ``blocks``/``downsample``: regexes of
+    the key tails (without capturing groups)."""
+    return [
+        (re.compile(rf"^{levels}\.(\d+)\.blocks\.(\d+)\.({blocks})$"), r"stages.\1.blocks.\2.\3"),
+        (re.compile(rf"^{levels}\.(\d+)\.downsample\.({downsample})\.(weight|bias)$"), _next_stage_downsample),
+        (re.compile(r"^norm\.(weight|bias)$"), r"norm.\1"),
+        (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
+    ]
+
+
+def official_to_zoo(
+    sd: dict,
+    family,
+    key_map: Sequence[tuple[re.Pattern, Any]],
+    *,
+    official: Callable[[list[str]], bool],
+    missing: str,
+    unmatched_hint: str,
+    zoo_stem: str = "stem.",
+    drop: re.Pattern | None = None,
+) -> dict:
+    """The first step of a family's converter: a state dict already in the zoo layout (``zoo_stem*`` and
+    ``stages.*`` keys) as it is; one in the family's official layout (``official(keys)``) mapped with
+    ``key_map`` (raising a ValueError naming every key without a mapping, ``unmatched_hint`` saying why that
+    may be); anything else raises the family's "not a checkpoint" error (``missing``: what is not there)."""
+    keys = list(sd)
+    if any(k.startswith(zoo_stem) for k in keys) and any(k.startswith("stages.") for k in keys):
+        return dict(sd)
+    if not official(keys):
+        raise family.not_a_checkpoint(keys, missing)
+    out, unmatched = map_keys(sd, key_map, drop=drop)
+    if unmatched:
+        raise ValueError(
+            f"checkpoint_filter_fn({family.name}): {len(unmatched)} official keys have no mapping "
+            f"({unmatched_hint}): {unmatched}"
+        )
+    return out

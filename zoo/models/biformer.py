@@ -35,7 +35,7 @@ from torch import nn
 
 from ..layers import AttentionLePE, BiLevelRoutingAttention, Block, ConvBNDownsample, ConvBNStem, DWConvPos
 from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import check_fits, map_keys, unwrap_state_dict
+from ._convert import check_fits, official_to_zoo, unwrap_state_dict
 from ._family import Family
 
 __all__ = ["FAMILY", "VARIANTS", "biformer_cfg", "biformer_cfg_from_official", "checkpoint_filter_fn"]
@@ -267,18 +267,12 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     every shape mismatch (``head.fc`` is left to timm).
     """
     sd = unwrap_state_dict(state_dict)
-    keys = list(sd)
-    if any(k.startswith("stem.") for k in keys) and any(k.startswith("stages.") for k in keys):
-        out = dict(sd)  # already zoo layout
-    else:
-        if not any(k.startswith("downsample_layers.0.") for k in keys):
-            raise FAMILY.not_a_checkpoint(keys, "no 'downsample_layers.0.*' stem keys")
-        out, unmatched = map_keys(sd, _KEY_MAP)
-        if unmatched:
-            raise ValueError(
-                f"checkpoint_filter_fn(biformer): {len(unmatched)} official keys have no mapping (another model, "
-                f"BiFormer-STL, or an unsupported option such as kv downsampling / param routing?): {unmatched}"
-            )
+    out = official_to_zoo(
+        sd, FAMILY, _KEY_MAP, official=lambda keys: any(k.startswith("downsample_layers.0.") for k in keys),
+        missing="no 'downsample_layers.0.*' stem keys",
+        unmatched_hint="another model, BiFormer-STL, or an unsupported option such as kv downsampling / param "
+        "routing?",
+    )
     if model is not None:
         expected = model.state_dict()
         check_fits(out, expected, "biformer", "another variant? layer scale?")

@@ -37,7 +37,7 @@ from torch import nn
 from .. import ops
 from ..layers import Block, CrossScaleEmbedding, DynamicPosBias, PartitionAttention
 from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import check_fits, map_keys, unwrap_state_dict
+from ._convert import check_fits, official_to_zoo, swin_layout_keys, unwrap_state_dict
 from ._family import Family
 
 __all__ = [
@@ -354,17 +354,9 @@ _BLOCK_PART = (
 _KEY_MAP: list[tuple[re.Pattern, Any]] = [
     (re.compile(r"^patch_embed\.projs\.(\d+)\.(weight|bias)$"), r"stem.projs.\1.\2"),
     (re.compile(r"^patch_embed\.norm\.(weight|bias)$"), r"stem.norm.\1"),
-    (
-        re.compile(rf"^layers\.(\d+)\.blocks\.(\d+)\.({_BLOCK_PART})\.(weight|bias)$"),
-        r"stages.\1.blocks.\2.\3.\4",
-    ),
-    (
-        re.compile(r"^layers\.(\d+)\.downsample\.(reductions\.\d+|norm)\.(weight|bias)$"),
-        lambda m: f"stages.{int(m.group(1)) + 1}.downsample.{m.group(2)}.{m.group(3)}",
-    ),
-    (re.compile(r"^norm\.(weight|bias)$"), r"norm.\1"),
-    (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
+    *swin_layout_keys(rf"(?:{_BLOCK_PART})\.(?:weight|bias)", r"reductions\.\d+|norm"),
 ]
+
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Official CrossFormer/CrossFormer++ checkpoint → zoo state dict (strict, explicit key map).
@@ -378,18 +370,11 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     ``num_classes`` differs). No tensor depends on the resolution (the position bias is an MLP).
     """
     sd = unwrap_state_dict(state_dict)
-    keys = list(sd)
-    if any(k.startswith("stem.projs.") for k in keys) and any(k.startswith("stages.") for k in keys):
-        out = dict(sd)  # already zoo layout
-    else:
-        if not any(k.startswith("patch_embed.projs.") for k in keys):
-            raise FAMILY.not_a_checkpoint(keys, "no 'patch_embed.projs.*' keys")
-        out, unmatched = map_keys(sd, _KEY_MAP, drop=_DROP)
-        if unmatched:
-            raise ValueError(
-                f"checkpoint_filter_fn(crossformer): {len(unmatched)} official keys have no mapping "
-                f"(unsupported options such as ape/use_cpe, or another model): {unmatched}"
-            )
+    out = official_to_zoo(
+        sd, FAMILY, _KEY_MAP, official=lambda keys: any(k.startswith("patch_embed.projs.") for k in keys),
+        missing="no 'patch_embed.projs.*' keys", unmatched_hint="unsupported options such as ape/use_cpe, or another "
+        "model", zoo_stem="stem.projs.", drop=_DROP,
+    )
     if model is not None:
         expected = model.state_dict()
         check_fits(out, expected, "crossformer", "another variant? CrossFormer vs CrossFormer++?")

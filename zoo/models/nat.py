@@ -39,7 +39,7 @@ from ..layers import (
     resize_rel_pos_bias_table,
 )
 from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import check_fits, map_keys, unwrap_state_dict
+from ._convert import check_fits, official_to_zoo, swin_layout_keys, unwrap_state_dict
 from ._family import Family
 
 __all__ = ["FAMILY", "VARIANTS", "checkpoint_filter_fn", "nat_cfg", "nat_cfg_from_official"]
@@ -239,15 +239,10 @@ _BLOCK_PART = r"norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2"
 # official regex -> zoo template; (NAT/DiNAT "levels", DiNAT_s "layers")
 _KEY_MAP: list[tuple[re.Pattern, Any]] = [
     (re.compile(r"^patch_embed\.(proj\.[01]|proj|norm)\.(weight|bias)$"), r"stem.\1.\2"),
-    (re.compile(rf"^(?:levels|layers)\.(\d+)\.blocks\.(\d+)\.({_BLOCK_PART})\.(weight|bias)$"),
-     r"stages.\1.blocks.\2.\3.\4"),
-    (re.compile(r"^(?:levels|layers)\.(\d+)\.blocks\.(\d+)\.attn\.rpb$"), r"stages.\1.blocks.\2.attn.rpb"),
     (re.compile(r"^(?:levels|layers)\.(\d+)\.blocks\.(\d+)\.gamma([12])$"), r"stages.\1.blocks.\2.ls\3.gamma"),
-    (re.compile(r"^(?:levels|layers)\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$"),
-     lambda m: f"stages.{int(m.group(1)) + 1}.downsample.{m.group(2)}.{m.group(3)}"),
-    (re.compile(r"^norm\.(weight|bias)$"), r"norm.\1"),
-    (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
+    *swin_layout_keys(rf"(?:{_BLOCK_PART})\.(?:weight|bias)|attn\.rpb", r"reduction|norm", levels="(?:levels|layers)"),
 ]
+
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Official NAT / DiNAT / DiNAT_s checkpoint → zoo state dict (strict, explicit key map).
@@ -260,18 +255,12 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     every zoo key nothing mapped to and every shape mismatch (``head.fc`` is left to timm).
     """
     sd = unwrap_state_dict(state_dict)
-    keys = list(sd)
-    if any(k.startswith("stem.") for k in keys) and any(k.startswith("stages.") for k in keys):
-        out = dict(sd)  # already zoo layout
-    else:
-        if not any(k.startswith(("levels.", "layers.")) and k.endswith("attn.rpb") for k in keys):
-            raise FAMILY.not_a_checkpoint(keys, "no 'levels.*.attn.rpb' / 'layers.*.attn.rpb' keys")
-        out, unmatched = map_keys(sd, _KEY_MAP)
-        if unmatched:
-            raise ValueError(
-                f"checkpoint_filter_fn(nat): {len(unmatched)} official keys have no mapping "
-                f"(another model or an unsupported option?): {unmatched}"
-            )
+    out = official_to_zoo(
+        sd, FAMILY, _KEY_MAP,
+        official=lambda keys: any(k.startswith(("levels.", "layers.")) and k.endswith("attn.rpb") for k in keys),
+        missing="no 'levels.*.attn.rpb' / 'layers.*.attn.rpb' keys",
+        unmatched_hint="another model or an unsupported option?",
+    )
     if model is not None:
         expected = model.state_dict()
         for k, v in list(out.items()):
