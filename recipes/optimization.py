@@ -83,12 +83,12 @@ def cosine_warmup_scheduler(
     schedulers.append(CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps, eta_min=min_lr_ratio * lrs.pop()))
     schedulers.append(ConstantLR(optimizer, factor=min_lr_ratio, total_iters=2**62))
     milestones = ([warmup_steps] if warmup_steps else []) + [total_steps]
-    sched = WarmupCosineLR(optimizer, schedulers, milestones)
+    sched = CosineWarmupLR(optimizer, schedulers, milestones)
     sched.settings = (total_steps, warmup_steps, min_lr_ratio)
     return sched
 
 
-class WarmupCosineLR(SequentialLR):
+class CosineWarmupLR(SequentialLR):
     """The ``SequentialLR`` of :func:`cosine_warmup_scheduler`. It also resumes checkpoints written while the
     schedule was a ``LambdaLR`` of the same factors (recipes before the move to torch's schedulers): their state
     only counts steps, so loading one replays that many steps from the start."""
