@@ -7,13 +7,13 @@ import csv
 import os
 from pathlib import Path
 
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricExperimentWriter
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 class _AppendingWriter(ExperimentWriter):
-    """CSV writer that keeps an existing ``metrics.csv`` (resume appends to it instead of deleting it)."""
+    """CSV writer that keeps an existing ``metrics.csv`` (resume appends to it instead of deleting it). Lightning has
+    no public switch for this: its writer's ``_check_log_dir_exists`` is where the old file would be dropped."""
 
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
@@ -27,7 +27,7 @@ class ResumableCSVLogger(CSVLogger):
     per step)."""
 
     @property
-    def experiment(self) -> _FabricExperimentWriter:
+    def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
