@@ -89,3 +89,48 @@ def test_errors_and_meta_device():
     with torch.device("meta"):
         m = PartitionAttention(64, 2, "window", 7)
     assert m.qkv.weight.is_meta
+
+
+def _swin_shifted_reference(m: PartitionAttention, x: torch.Tensor, ws: int) -> torch.Tensor:
+    """Official Swin SW-MSA written out: pad, roll by -ws//2, windows, biased attention + region mask,
+    merge, roll back, crop."""
+    B, H, W, C = x.shape
+    s = ws // 2
+    xp, _ = ops.pad_to_multiple(x, ws)
+    Hp, Wp = xp.shape[1], xp.shape[2]
+    xr = torch.roll(xp, (-s, -s), dims=(1, 2))
+    g = ops.window_partition(xr, ws)
+    qkv = m.qkv(g).reshape(g.shape[0], ws * ws, 3, m.num_heads, m.dim_head).permute(2, 0, 3, 1, 4)
+    bias = m.rel_pos((ws, ws)).unsqueeze(0) + PartitionAttention.shift_mask((Hp, Wp), ws, s).unsqueeze(1).repeat(
+        B, 1, 1, 1
+    )
+    with ops.use_backend("reference"):
+        out = ops.attention(qkv[0], qkv[1], qkv[2], bias, scale=m.scale)
+    out = m.proj(out.transpose(1, 2).reshape(g.shape[0], ws * ws, C))
+    out = torch.roll(ops.window_merge(out, (ws, ws), (Hp, Wp)), (s, s), dims=(1, 2))
+    return out[:, :H, :W]
+
+
+@pytest.mark.parametrize("hw", [(14, 14), (11, 17)])
+def test_shift_option_is_swin_shifted_window_attention(hw):
+    from zoo.layers import RelPosBias
+
+    torch.manual_seed(0)
+    m = PartitionAttention(16, 2, "window", 7, pos_bias=RelPosBias(7, 2, layout="swin"), mask_padding=False,
+                           shift=True).eval()
+    with torch.no_grad():
+        m.rel_pos.relative_position_bias_table.normal_()
+        x = torch.randn(2, *hw, 16)
+        with ops.use_backend("reference"):
+            got = m(x)
+        torch.testing.assert_close(got, _swin_shifted_reference(m, x, 7), rtol=1e-5, atol=1e-5)
+        with ops.use_backend("reference"):  # shift=0 for one call: plain windows
+            plain = m(x, shift=0)
+        assert not torch.allclose(plain, got)
+
+
+def test_shift_needs_unmasked_windows():
+    with pytest.raises(ValueError, match="shift"):
+        PartitionAttention(16, 2, "window", 7, shift=True)  # mask_padding defaults to True
+    with pytest.raises(ValueError, match="shift"):
+        PartitionAttention(16, 2, "grid", 7, mask_padding=False, shift=True)

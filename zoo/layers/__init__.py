@@ -4,6 +4,7 @@ Every mixer maps channels-last maps ``[B, H, W, C]`` of any size to the same sha
 """
 
 from .agent import AgentAttention
+from .attention import TokenAttention
 from .block import Block
 from .conv import AvgPool2dSame, BatchNormAct2d, Conv2dSame, create_avg_pool2d, create_conv2d
 from .cross_scale import CrossScaleEmbedding, cross_scale_dims
@@ -21,7 +22,7 @@ from .routed import AttentionLePE, BiLevelRoutingAttention, DWConvPos, LePE
 
 __all__ = ["Block", "DropPath", "LayerScale", "Mlp", "PartitionAttention", "drop_path", "gelu_tanh", "get_act_layer"]
 __all__ += ["CrossScaleEmbedding", "DynamicPosBias", "cross_scale_dims"]
-__all__ += ["AgentAttention"]
+__all__ += ["AgentAttention", "TokenAttention"]
 __all__ += ["AvgPool2dSame", "BatchNormAct2d", "Conv2dSame", "create_avg_pool2d", "create_conv2d"]
 __all__ += ["MaxViTStem", "MBConv", "PoolShortcut", "SqueezeExcite", "make_divisible"]
 __all__ += ["RelPosBias", "resize_rel_pos_bias_table", "resize_rel_pos_bias_tables"]

@@ -43,11 +43,15 @@ class PartitionAttention(nn.Module):
         mask_padding: when the map is padded to a multiple of ``size``, exclude padded keys from the
             softmax (True), or let them take part as zeros (False, what official Swin does).
         interval: spacing of a group's pixels for ``partition="dilated"`` (ignored otherwise).
+        shift: shifted windows (Swin SW-MSA; ``partition="window"`` with ``mask_padding=False`` only): the
+            (padded) map is rolled by ``-size // 2`` before partitioning and back after, and keys from another
+            region of the rolled map get ``-100`` (:meth:`shift_mask`, the official Swin mask).
 
-    ``forward(x, partition=None, size=None, interval=None)`` may override the partition for one call (e.g.
-    CrossFormer falls back to ``("window", min(H, W))`` when the map is not larger than its group size); the
-    overrides may be traced sizes (:mod:`zoo.ops.sizes`), so such a choice can stay a function of the input
-    in an exported graph.
+    ``forward(x, partition=None, size=None, interval=None, shift=None)`` may override the partition, the
+    size or the shift (0: none) for one call (e.g. CrossFormer falls back to ``("window", min(H, W))`` when
+    the map is not larger than its group size, Swin to an unshifted window of ``min(H, W)``); the overrides
+    may be traced sizes (:mod:`zoo.ops.sizes`), so such a choice can stay a function of the input in an
+    exported graph.
     """
 
     def __init__(
@@ -65,12 +69,18 @@ class PartitionAttention(nn.Module):
         mask_padding: bool = True,
         proj_drop: float = 0.0,
         interval: int | tuple[int, int] = 1,
+        shift: bool = False,
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         _check_partition(partition)
+        if shift and (partition != "window" or mask_padding):
+            raise ValueError(
+                "shift (Swin shifted windows) needs partition='window' and mask_padding=False (the padded keys "
+                f"of a rolled map cannot be masked), got partition={partition!r}, mask_padding={mask_padding}"
+            )
         if dim_head is None:
             if dim % num_heads:
                 raise ValueError(
@@ -84,6 +94,7 @@ class PartitionAttention(nn.Module):
         self.interval = ops.pair(interval)
         self.scale = qk_scale if qk_scale is not None else dim_head**-0.5
         self.mask_padding = mask_padding
+        self.shift = shift
         inner = num_heads * dim_head
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias, **dd)
         self.pos_bias_name = pos_bias_name
@@ -146,12 +157,28 @@ class PartitionAttention(nn.Module):
         mask = torch.zeros(keep.shape, device=device).masked_fill(~keep, -1e4)
         return mask[:, None, :].expand(-1, keep.shape[1], -1)
 
+    @staticmethod
+    def shift_mask(hw: tuple[int, int], window: int, shift: int, device=None) -> torch.Tensor:
+        """Official Swin SW-MSA mask ``[nW, N, N]`` of a ``hw`` map rolled by ``-shift``: 0 between keys
+        and queries of one region of the rolled map, -100 across regions."""
+        Hp, Wp = hw
+
+        def region(n: int) -> torch.Tensor:  # 0 | 1 | 2 for the slices [0, n-w), [n-w, n-s), [n-s, n)
+            i = torch.arange(n, device=device)
+            return (i >= n - window).long() + (i >= n - shift).long()
+
+        ids = (region(Hp)[:, None] * 3 + region(Wp)[None, :]).to(torch.float32)
+        win = ops.window_partition(ids.reshape(1, Hp, Wp, 1), window)[..., 0]  # [nW, N]
+        diff = win[:, None, :] - win[:, :, None]
+        return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
     def forward(
         self,
         x: torch.Tensor,
         partition: str | None = None,
         size: int | tuple[int, int] | None = None,
         interval: int | tuple[int, int] | None = None,
+        shift=None,
     ) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"PartitionAttention expects [B, H, W, C], got shape {tuple(x.shape)}")
@@ -165,6 +192,11 @@ class PartitionAttention(nn.Module):
         ops.refuse_symbolic_sizes(f"{type(self).__name__} ({partition} attention)", H, W)
         x, pad = ops.pad_to_multiple(x, self._multiple(partition, size, interval))
         Hp, Wp = x.shape[1], x.shape[2]
+        if shift is None:
+            shift = size[0] // 2 if self.shift else 0
+        shifted = self.shift if ops.is_tracing() else bool(shift)  # tracing: shift may be a traced 0
+        if shifted:
+            x = ops.roll_map(x, -shift)
         groups, group = self._split(x, partition, size, interval)
         Bg, N, _ = groups.shape
         qkv = linear_act(self.qkv, groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
@@ -172,6 +204,9 @@ class PartitionAttention(nn.Module):
         bias = None
         if self.pos_bias is not None:
             bias = self.pos_bias(group).unsqueeze(0)  # [1, heads, N, N]
+        if shifted:  # (a shift of 0 while tracing gives an all-zero mask: one region per window)
+            mask = self.shift_mask((Hp, Wp), size[0], shift, x.device).to(q.dtype)  # [nW, N, N]
+            bias = (mask.unsqueeze(1) if bias is None else bias + mask.unsqueeze(1)).repeat(B, 1, 1, 1)
         padded = ops.is_tracing() or pad[0] or pad[1]  # tracing: always the padded path (dynamic H/W)
         if self.mask_padding and padded:
             if partition == "dilated":
@@ -185,4 +220,6 @@ class PartitionAttention(nn.Module):
         out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
         out = self.proj_drop(linear_act(self.proj, out))
         out = self._join(out, group, (Hp, Wp), partition, interval)
+        if shifted:
+            out = ops.roll_map(out, shift)
         return out[:, :H, :W].contiguous() if padded else out

@@ -1,0 +1,144 @@
+"""Agent-PVT (Agent attention, ECCV 2024): PVT v1 with agent attention in every block.
+
+No spatial reduction (``agent_sr_ratios='1111'``), per-stage absolute position embeddings (resampled to the
+actual grid), no final norm. The variants, converter and timm registration are in :mod:`zoo.models.agent`.
+
+Official code: LeapLabTHU/Agent-Attention@207ce3e ``agent_transformer/models/agent_pvt.py``, configs
+``agent_transformer/cfgs/agent_pvt_*.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import AbsPosEmbed, AgentAttention, Block, PatchEmbed, PatchEmbedDownsample
+from ._base import NetCfg, StageCfg, register_block, register_downsampler, register_stem
+
+__all__ = ["PVT_VARIANTS", "PvtEmbed", "agent_pvt_cfg"]
+
+
+class PvtEmbed(nn.Module):
+    """Agent-PVT stage entry: patch embedding (``embed``) then the stage's absolute position embedding
+    (``pos``, resampled bilinearly to the actual grid as the official ``_get_pos_embed``).
+
+    Keys: ``embed.proj``, ``embed.norm`` (official ``patch_embed{i}.proj/norm``), ``pos.pos_embed`` (official
+    ``pos_embed{i}``). ``[B, C, H, W]`` images (stage 1) or ``[B, H, W, C]`` maps → ``[B, h, w, out_dim]``.
+    """
+
+    def __init__(self, embed: nn.Module, out_dim: int, grid_size: int, device=None, dtype=None):
+        super().__init__()
+        self.embed = embed
+        self.pos = AbsPosEmbed(out_dim, grid_size, num_prefix_tokens=0, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pos(self.embed(x))
+
+
+@register_stem("agent_pvt")
+def _agent_pvt_stem(
+    in_chans: int, out_dim: int, *, patch_size: int = 4, grid_size: int = 56, device=None, dtype=None
+) -> nn.Module:
+    """PVT stage-1 patch embedding (conv p×p/p, LayerNorm eps 1e-5, no padding) + ``pos_embed1``."""
+    dd = {"device": device, "dtype": dtype}
+    return PvtEmbed(PatchEmbed(in_chans, out_dim, patch_size, pad=False, **dd), out_dim, grid_size, **dd)
+
+
+@register_downsampler("agent_pvt")
+def _agent_pvt_down(in_dim: int, out_dim: int, *, grid_size: int = 28, device=None, dtype=None) -> nn.Module:
+    """PVT stage-2..4 patch embedding (conv 2×2/2, LayerNorm eps 1e-5) + ``pos_embed{i}``."""
+    dd = {"device": device, "dtype": dtype}
+    return PvtEmbed(PatchEmbedDownsample(in_dim, out_dim, 2, pad=False, **dd), out_dim, grid_size, **dd)
+
+
+@register_block("agent_pvt")
+def _agent_pvt_block(
+    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
+    num_heads: int,
+    agent_num: int = 49,
+    train_size: int = 14,
+    sr_ratio: int = 1,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    drop: float = 0.0,
+    norm_eps: float = 1e-6,
+    device=None,
+    dtype=None,
+) -> nn.Module:
+    """Agent-PVT block: agent attention with ``q``/``kv`` projections (optional spatial reduction
+    ``sr_ratio``), biases defined on the ``train_size`` stage map; LayerNorm eps 1e-6."""
+    dd = {"device": device, "dtype": dtype}
+    mixer = AgentAttention(
+        dim, num_heads, agent_num=agent_num, train_size=train_size, qkv_layout="q_kv", qkv_bias=qkv_bias,
+        sr_ratio=sr_ratio, proj_drop=drop, **dd,
+    )
+    return Block(
+        dim, mixer, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path,
+        norm_layer=lambda d, **kw: nn.LayerNorm(d, eps=norm_eps, **kw), **dd,
+    )
+
+
+def agent_pvt_cfg(
+    depths: Sequence[int] = (2, 2, 2, 2),
+    embed_dims: Sequence[int] = (64, 128, 320, 512),
+    num_heads: Sequence[int] = (1, 2, 5, 8),
+    mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+    agent_num: Sequence[int] = (9, 16, 49, 49),
+    agent_sr_ratios: Sequence[int] = (1, 1, 1, 1),
+    img_size: int = 224,
+    patch_size: int = 4,
+    qkv_bias: bool = True,
+    drop: float = 0.0,
+    drop_path_rate: float = 0.1,
+) -> NetCfg:
+    """The :class:`NetCfg` of an Agent-PVT (official ``PyramidVisionTransformer`` with ``attn_type='AAAA'``).
+
+    Stage ``i`` sees a ``img_size / (patch_size · 2**i)`` map at the training size: the size of its
+    ``pos_embed`` and of its agent biases. No final norm (the official head pools the last stage's tokens).
+    """
+    n = len(depths)
+    for name, v in (("embed_dims", embed_dims), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
+                    ("agent_num", agent_num), ("agent_sr_ratios", agent_sr_ratios)):
+        if len(v) != n:
+            raise ValueError(f"agent_pvt_cfg: {name} needs one entry per stage ({n}), got {len(v)}")
+    res = img_size // patch_size
+    stages = []
+    for i in range(n):
+        grid = res // 2**i
+        stages.append(
+            StageCfg(
+                depth=int(depths[i]),
+                dim=int(embed_dims[i]),
+                block="agent_pvt",
+                block_kwargs=dict(
+                    num_heads=int(num_heads[i]), agent_num=int(agent_num[i]), train_size=grid,
+                    sr_ratio=int(agent_sr_ratios[i]), mlp_ratio=float(mlp_ratios[i]), qkv_bias=qkv_bias,
+                    drop=drop,
+                ),
+                downsample=None if i == 0 else "agent_pvt",
+                downsample_kwargs={} if i == 0 else dict(grid_size=grid),
+            )
+        )
+    return NetCfg(
+        stem="agent_pvt",
+        stem_kwargs=dict(patch_size=patch_size, grid_size=res),
+        stages=tuple(stages),
+        norm=None,
+        head="classifier",
+        drop_path_rate=drop_path_rate,
+        # the official PVT recipe decays pos_embed (its no_weight_decay lists only a cls_token it does not have)
+        no_weight_decay=(),
+    )
+
+
+# name -> kwargs of agent_pvt_cfg (official cfgs/agent_pvt_*.yaml)
+PVT_VARIANTS: dict[str, dict[str, Any]] = {
+    "agent_pvt_t": dict(depths=(2, 2, 2, 2), drop_path_rate=0.1),
+    "agent_pvt_s": dict(depths=(3, 4, 6, 3), drop_path_rate=0.1),
+    "agent_pvt_m": dict(depths=(3, 4, 18, 3), drop_path_rate=0.3),
+    "agent_pvt_l": dict(depths=(3, 8, 27, 3), drop_path_rate=0.3),
+}
+
