@@ -109,20 +109,26 @@ def official_to_zoo(
     unmatched_hint: str,
     zoo_stem: str = "stem.",
     drop: re.Pattern | None = None,
+    model=None,
+    fit_hint: str = "",
 ) -> dict:
-    """The first step of a family's converter: a state dict already in the zoo layout (``zoo_stem*`` and
+    """A family's converter up to the resizing: a state dict already in the zoo layout (``zoo_stem*`` and
     ``stages.*`` keys) as it is; one in the family's official layout (``official(keys)``) mapped with
     ``key_map`` (raising a ValueError naming every key without a mapping, ``unmatched_hint`` saying why that
-    may be); anything else raises the family's "not a checkpoint" error (``missing``: what is not there)."""
+    may be); anything else raises the family's "not a checkpoint" error (``missing``: what is not there).
+    With ``model``, :func:`check_fits` then checks the result against it (``fit_hint``: what may differ)."""
     keys = list(sd)
     if any(k.startswith(zoo_stem) for k in keys) and any(k.startswith("stages.") for k in keys):
-        return dict(sd)
-    if not official(keys):
+        out = dict(sd)
+    elif not official(keys):
         raise family.not_a_checkpoint(keys, missing)
-    out, unmatched = map_keys(sd, key_map, drop=drop)
-    if unmatched:
-        raise ValueError(
-            f"checkpoint_filter_fn({family.name}): {len(unmatched)} official keys have no mapping "
-            f"({unmatched_hint}): {unmatched}"
-        )
+    else:
+        out, unmatched = map_keys(sd, key_map, drop=drop)
+        if unmatched:
+            raise ValueError(
+                f"checkpoint_filter_fn({family.name}): {len(unmatched)} official keys have no mapping "
+                f"({unmatched_hint}): {unmatched}"
+            )
+    if model is not None:
+        check_fits(out, model.state_dict(), family.name, fit_hint)
     return out

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..layers import AttentionLePE, BiLevelRoutingAttention, Block, ConvBNDownsample, ConvBNStem, DWConvPos
 from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import check_fits, official_to_zoo, unwrap_state_dict
+from ._convert import official_to_zoo, unwrap_state_dict
 from ._family import Family
 
 __all__ = ["FAMILY", "VARIANTS", "biformer_cfg", "biformer_cfg_from_official", "checkpoint_filter_fn"]
@@ -56,12 +56,7 @@ def _biformer_down(in_dim: int, out_dim: int, *, device=None, dtype=None) -> nn.
 
 @register_block("biformer")
 def _biformer_block(
-    dim: int,
-    *,
-    index: int,
-    depth: int,
-    stage: int,
-    drop_path: float,
+    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
     topk: int,
     num_heads: int = 8,
     n_win: int = 7,
@@ -166,14 +161,12 @@ def biformer_cfg(
         stem="biformer",
         stages=tuple(stages),
         norm="batchnorm",
-        norm_eps=1e-5,
         head="classifier",
         drop_path_rate=drop_path_rate,
         # The official model's no_weight_decay() is {'pos_embed', 'cls_token'}, which timm's optimizer factory
         # compares with FULL parameter names: no BiFormer parameter is called that, so the official recipe
         # decays every >1-D weight (pos_embed / lepe convs included) and skips only 1-D params, as timm does.
         no_weight_decay=(),
-        min_input_size=32,
     )
 
 
@@ -267,16 +260,12 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     every shape mismatch (``head.fc`` is left to timm).
     """
     sd = unwrap_state_dict(state_dict)
-    out = official_to_zoo(
+    return official_to_zoo(
         sd, FAMILY, _KEY_MAP, official=lambda keys: any(k.startswith("downsample_layers.0.") for k in keys),
         missing="no 'downsample_layers.0.*' stem keys",
         unmatched_hint="another model, BiFormer-STL, or an unsupported option such as kv downsampling / param "
-        "routing?",
+        "routing?", model=model, fit_hint="another variant? layer scale?",
     )
-    if model is not None:
-        expected = model.state_dict()
-        check_fits(out, expected, "biformer", "another variant? layer scale?")
-    return out
 
 
 # -------------------------------------------------------------------------------------------------- timm

@@ -37,7 +37,7 @@ from torch import nn
 from .. import ops
 from ..layers import Block, CrossScaleEmbedding, DynamicPosBias, PartitionAttention
 from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
-from ._convert import check_fits, official_to_zoo, swin_layout_keys, unwrap_state_dict
+from ._convert import official_to_zoo, swin_layout_keys, unwrap_state_dict
 from ._family import Family
 
 __all__ = [
@@ -186,12 +186,7 @@ def _crossformer_merge(
 
 @register_block("crossformer")
 def _crossformer_block(
-    dim: int,
-    *,
-    index: int,
-    depth: int,
-    stage: int,
-    drop_path: float,
+    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
     num_heads: int,
     group_size: int = 7,
     interval: int = 1,
@@ -278,13 +273,11 @@ def crossformer_cfg(
         stem_kwargs=dict(kernel_sizes=tuple(patch_size), norm=patch_norm),
         stages=tuple(stages),
         norm="layernorm",
-        norm_eps=1e-5,
         head="classifier",
         drop_path_rate=drop_path_rate,
         # The official recipe (optimizer.py) exempts only 1-D parameters and biases (timm's optimizer factory
         # does the same by default); the 2-D DPB weights are decayed, so nothing is listed here.
         no_weight_decay=(),
-        min_input_size=32,
     )
 
 
@@ -370,15 +363,12 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module | None = None) -> di
     ``num_classes`` differs). No tensor depends on the resolution (the position bias is an MLP).
     """
     sd = unwrap_state_dict(state_dict)
-    out = official_to_zoo(
+    return official_to_zoo(
         sd, FAMILY, _KEY_MAP, official=lambda keys: any(k.startswith("patch_embed.projs.") for k in keys),
         missing="no 'patch_embed.projs.*' keys", unmatched_hint="unsupported options such as ape/use_cpe, or another "
-        "model", zoo_stem="stem.projs.", drop=_DROP,
+        "model", zoo_stem="stem.projs.", drop=_DROP, model=model,
+        fit_hint="another variant? CrossFormer vs CrossFormer++?",
     )
-    if model is not None:
-        expected = model.state_dict()
-        check_fits(out, expected, "crossformer", "another variant? CrossFormer vs CrossFormer++?")
-    return out
 
 
 # -------------------------------------------------------------------------------------------------- timm

@@ -37,7 +37,6 @@ def _nat_biformer(dims: tuple[int, int, int, int], depths: tuple[int, int, int, 
         norm="layernorm",
         drop_path_rate=drop_path_rate,
         no_weight_decay=("rpb",),  # NAT's relative position biases, as NAT's recipe
-        min_input_size=32,
     )
 
 

@@ -72,12 +72,7 @@ def _nat_merge(in_dim: int, out_dim: int, *, device=None, dtype=None) -> nn.Modu
 
 @register_block("nat")
 def _nat_block(
-    dim: int,
-    *,
-    index: int,
-    depth: int,
-    stage: int,
-    drop_path: float,
+    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
     num_heads: int,
     kernel_size: int = 7,
     dilations: Sequence[int] | None = None,
@@ -156,11 +151,9 @@ def nat_cfg(
         stem_kwargs=dict(patch_size=patch_size) if swin_like else {},
         stages=tuple(stages),
         norm="layernorm",
-        norm_eps=1e-5,
         head="classifier",
         drop_path_rate=drop_path_rate,
         no_weight_decay=("rpb",),  # official no_weight_decay_keywords() == {"rpb"}
-        min_input_size=32,
     )
 
 
