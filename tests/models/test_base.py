@@ -125,3 +125,25 @@ def test_meta_device_build():
     assert all(p.is_meta for p in m.parameters())
     out = m(torch.randn(1, 3, 64, 64, device="meta"))
     assert out.shape == (1, 5)
+
+
+def test_stage_strides_set_feature_info():
+    """A stem of another stride and stages that stride in their blocks (MaxViT) say so in the config; the
+    strides are feature_info bookkeeping and stay out of the weights' architecture facts."""
+    from zoo.models._pretrained import architecture_facts
+
+    cfg = _cfg()
+    assert [f["reduction"] for f in Backbone(cfg).feature_info] == [4, 8, 16, 32]
+    strided = cfg.replace(stem_stride=2, stages=tuple(s.__class__(**{**s.__dict__, "stride": 2}) for s in cfg.stages))
+    m = Backbone(strided)
+    assert [f["reduction"] for f in m.feature_info] == [4, 8, 16, 32]
+    assert [f["reduction"] for f in Backbone(cfg.replace(stem_stride=8)).feature_info] == [8, 16, 32, 64]
+    assert architecture_facts(m) == architecture_facts(Backbone(cfg))
+
+
+def test_maxvit_unpooled_head_output_is_channels_last():
+    import timm
+
+    m = timm.create_model("maxvit_nano", num_classes=3, global_pool="").eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 64, 96)).shape == (1, 2, 3, 3)

@@ -155,7 +155,7 @@ def test_offline_pretrained_fails_fast_naming_tag_url_and_local_route(name, url,
     def no_download(*args, **kwargs):
         raise AssertionError("a download was attempted")
 
-    monkeypatch.setattr("timm.models._hub.download_cached_file", no_download)
+    monkeypatch.setattr("torch.hub.download_url_to_file", no_download)
     monkeypatch.setattr("timm.models._builder.load_state_dict_from_hf", no_download)
     if offline == "env":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -239,3 +239,28 @@ def test_official_file_of_another_model_is_refused_by_its_manifest_name(tmp_path
     torch.save({"model": {}}, path)
     with pytest.raises(ValueError, match="official release file of dinat_mini .*not of nat_mini"):
         timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_download_lands_in_timms_cache_once(tmp_path, monkeypatch):
+    """A tag's URL is downloaded (torch.hub) into timm's cache folder under <model>.<tag>.pth (or the manifest's
+    file name) and read from there on the next call, without a second download."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(_pretrained, "manifest_entry", lambda arch, tag: None)
+    monkeypatch.setattr(_pretrained, "_reachable", lambda host: None)
+    for var in ("HF_HUB_OFFLINE", "ZOO_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    torch.manual_seed(0)
+    src = timm.create_model("agent_deit_t")
+    calls = []
+
+    def fake_download(url, dst, *args, **kwargs):
+        calls.append((url, dst))
+        torch.save(src.state_dict(), dst)
+
+    monkeypatch.setattr("torch.hub.download_url_to_file", fake_download)
+    model = timm.create_model("agent_deit_t", pretrained=True)
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "agent_deit_t.official_in1k.pth"
+    assert calls == [(timm.get_pretrained_cfg("agent_deit_t.official_in1k").url, str(cached))]
+    torch.testing.assert_close(model.state_dict()["pos_embed"], src.state_dict()["pos_embed"])
+    timm.create_model("agent_deit_t", pretrained=True)
+    assert len(calls) == 1

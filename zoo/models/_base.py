@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import ClassifierHead, NormMlpClassifierHead
-from timm.layers.helpers import get_device_dtype
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.layers import ClassifierHead, ClNormMlpClassifierHead, get_device_dtype
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices  # (no public name in timm 1.0)
 from torch import nn
 
 from .. import ops
@@ -58,7 +58,10 @@ register_block = _registrar(BLOCKS, "block")
 
 @dataclass(frozen=True)
 class StageCfg:
-    """One stage: optional downsampler to ``dim``, then ``depth`` blocks of kind ``block``."""
+    """One stage: optional downsampler to ``dim``, then ``depth`` blocks of kind ``block``.
+
+    ``stride``: how much the stage shrinks the map, for ``feature_info`` (None: 2 with a downsampler, else 1);
+    a stage whose blocks stride themselves (MaxViT's first MBConv) says so here."""
 
     depth: int
     dim: int
@@ -66,12 +69,14 @@ class StageCfg:
     block_kwargs: dict[str, Any] = field(default_factory=dict)
     downsample: str | None = None
     downsample_kwargs: dict[str, Any] = field(default_factory=dict)
+    stride: int | None = None
 
 
 @dataclass(frozen=True)
 class NetCfg:
     """A whole backbone. ``head``: ``"classifier"`` (pool → fc) or ``"norm_mlp"`` (pool → LN → fc+tanh → fc,
-    as MaxViT); ``norm``: final norm on the last stage (``"layernorm"``, ``"batchnorm"`` or None)."""
+    as MaxViT); ``norm``: final norm on the last stage (``"layernorm"``, ``"batchnorm"`` or None);
+    ``stem_stride``: the stem's output stride, for ``feature_info`` (None: 4)."""
 
     stem: str
     stages: tuple[StageCfg, ...]
@@ -83,6 +88,7 @@ class NetCfg:
     drop_path_rate: float = 0.0
     no_weight_decay: tuple[str, ...] = ()  # parameter-name substrings excluded from weight decay
     min_input_size: int = 32
+    stem_stride: int | None = None
 
     def replace(self, **kw) -> NetCfg:
         return dataclasses.replace(self, **kw)
@@ -257,13 +263,13 @@ class Backbone(nn.Module):
 
         self.stem = STEMS[cfg.stem](in_chans, cfg.stages[0].dim, **cfg.stem_kwargs, **dd)
         stages, feature_info = [], []
-        in_dim, reduction, k = cfg.stages[0].dim, 4, 0
+        in_dim, reduction, k = cfg.stages[0].dim, cfg.stem_stride or 4, 0
         for si, sc in enumerate(cfg.stages):
             if sc.downsample is not None:
                 down = DOWNSAMPLERS[sc.downsample](in_dim, sc.dim, **sc.downsample_kwargs, **dd)
-                reduction *= 2
             else:
                 down = nn.Identity()
+            reduction *= sc.stride if sc.stride is not None else (1 if sc.downsample is None else 2)
             blocks = [
                 BLOCKS[sc.block](
                     sc.dim, index=i, depth=sc.depth, stage=si, drop_path=dpr[k + i], **sc.block_kwargs, **dd
@@ -278,17 +284,15 @@ class Backbone(nn.Module):
         self.feature_info = feature_info
         self.num_features = in_dim
         self.norm = _make_norm(cfg.norm, in_dim, cfg.norm_eps, dd)
-        if cfg.head == "norm_mlp":
-            self.head = NormMlpClassifierHead(
-                in_dim, num_classes, hidden_size=cfg.head_hidden_size, pool_type=global_pool,
-                drop_rate=drop_rate, norm_layer=_make_norm_mlp_norm(cfg.norm_eps), act_layer="tanh", **dd,
+        if cfg.head == "norm_mlp":  # keys norm, pre_logits.fc, fc: those of timm's NCHW NormMlpClassifierHead
+            self.head = ClNormMlpClassifierHead(
+                in_dim, num_classes, hidden_size=cfg.head_hidden_size, pool_type=global_pool, drop_rate=drop_rate,
+                norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps), act_layer="tanh", input_fmt="NHWC", **dd,
             )
-            self._head_fmt = "NCHW"
         elif cfg.head == "classifier":
             self.head = ClassifierHead(
                 in_dim, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC", **dd
             )
-            self._head_fmt = "NHWC"
         else:
             raise ValueError(f"unknown head {cfg.head!r}; choose 'classifier' or 'norm_mlp'")
         self.head_hidden_size = self.head.num_features
@@ -350,8 +354,6 @@ class Backbone(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self._head_fmt == "NCHW":
-            x = x.permute(0, 3, 1, 2)
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -402,17 +404,11 @@ class Backbone(nn.Module):
             self.norm = nn.Identity()
         if prune_end:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            if isinstance(self.head, NormMlpClassifierHead):
+            if isinstance(self.head, ClNormMlpClassifierHead):
                 self.head.reset(self.num_classes, reset_other=True, in_features=self.num_features)
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take_indices
-
-
-def _make_norm_mlp_norm(eps: float):
-    from timm.layers import LayerNorm2d
-
-    return lambda dim, **dd: LayerNorm2d(dim, eps=eps, **dd)
 
 
 def build_backbone(

@@ -165,14 +165,16 @@ def _fetch(cfg: dict[str, Any], entry: dict[str, Any] | None) -> tuple[Path, boo
             f"the official weights of {name} are hosted at {url}, which has no direct download link; download "
             f"the file by hand and pass pretrained_cfg_overlay=dict(file='<path>') (the converter runs on it)"
         )
-    from timm.models._hub import download_cached_file, get_cache_dir
-
-    # Cache under the manifest's file name (or <model>.<tag>.pth): several hosts end every URL alike
-    # (OneDrive '.../root/content', Tsinghua '.../?dl=1'), which would make different weights share one file.
+    # timm's download cache (<torch hub dir>/checkpoints), under the manifest's file name (or <model>.<tag>.pth):
+    # several hosts end every URL alike (OneDrive '.../root/content', Tsinghua '.../?dl=1'), which would make
+    # different weights share one file.
     filename = (entry or {}).get("file") or f"{name}.pth"
-    if not (Path(get_cache_dir()) / filename).is_file():
-        _require_network(cfg, url, Path(get_cache_dir()) / filename)
-    return Path(download_cached_file((url, filename), check_hash=False, progress=True)), True
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not cached.is_file():
+        _require_network(cfg, url, cached)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), progress=True)
+    return cached, True
 
 
 # file names timm's save_for_hf writes and its local-dir / hf-hub loaders read, safest first
@@ -265,12 +267,16 @@ def _hf_cached(repo_id: str) -> str | None:
 
 # ---------------------------------------------------------------------------------- which model a file is for
 _TRAINING_ONLY = ("drop", "no_weight_decay", "min_input_size")  # config entries that do not change the weights
+# bookkeeping for feature_info (the strides themselves are the stem's, downsamplers' and blocks' own): facts
+# of files written before these entries existed stay equal
+_REPORTING_ONLY = ("stride",)
 
 
 def architecture_facts(model: nn.Module) -> dict[str, Any]:
     """The structure of ``model`` that its state dict keys and shapes do not show, flat ``{path: value}``:
     for a :class:`~zoo.models.Backbone` every entry of its ``NetCfg`` (e.g. ``stages.0.block_kwargs.dilations``,
-    the one difference between NAT and DiNAT of a size) except training-only ones (drop rates); for other
+    the one difference between NAT and DiNAT of a size) except training-only ones (drop rates) and the
+    ``feature_info`` strides; for other
     models their class name."""
     import dataclasses
 
@@ -286,7 +292,7 @@ def architecture_facts(model: nn.Module) -> dict[str, Any]:
         elif isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
             for i, item in enumerate(value):
                 walk(f"{prefix}.{i}", item)
-        elif not any(word in prefix.rsplit(".", 1)[-1] for word in _TRAINING_ONLY):
+        elif not any(word in prefix.rsplit(".", 1)[-1] for word in _TRAINING_ONLY + _REPORTING_ONLY):
             flat[prefix] = json.loads(json.dumps(value, default=str))  # tuples -> lists, as read back
 
     walk("", dataclasses.asdict(cfg))
@@ -387,8 +393,7 @@ def build_zoo_model(
     Weights from the Hugging Face hub (``hf_hub_id``, e.g. MaxViT's timm weights) go through timm's own
     loader (safetensors, no pickle) and the same ``filter_fn``.
     """
-    from timm.models import build_model_with_cfg
-    from timm.models._builder import resolve_pretrained_cfg
+    from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
     if pretrained:
         overlay = kwargs.get("pretrained_cfg_overlay")

@@ -19,6 +19,7 @@ padded keys (the official code requires every stage map to be divisible by the p
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from functools import partial
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import NormMlpClassifierHead
+from timm.layers import ClNormMlpClassifierHead
 from timm.models import generate_default_cfgs
 from torch import nn
 
@@ -155,12 +156,7 @@ def _maxvit_stem(
 
 @register_block("maxvit")
 def _maxvit_block(
-    dim: int,
-    *,
-    index: int,
-    depth: int,
-    stage: int,
-    drop_path: float,
+    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
     in_dim: int,
     dim_head: int = 32,
     window_size: int | tuple[int, int] = 7,
@@ -215,7 +211,7 @@ def maxvit_cfg(
             depth=int(d), dim=int(c), block="maxvit",
             block_kwargs=dict(in_dim=prev, dim_head=dim_head, window_size=window, grid_size=grid,
                               mlp_ratio=mlp_ratio, expand_ratio=expand_ratio),
-            downsample=None,  # the stride lives in each stage's first MBConv
+            downsample=None, stride=2,  # the stride lives in each stage's first MBConv
         ))
         prev = int(c)
     return NetCfg(
@@ -223,20 +219,18 @@ def maxvit_cfg(
         stem_kwargs=dict(width=stem if stem[0] != stem[1] else stem[0]),
         stages=tuple(stages),
         norm=None if head_hidden_size else "layernorm",
-        norm_eps=1e-5,
         head="norm_mlp" if head_hidden_size else "classifier",
         head_hidden_size=head_hidden_size or None,
         drop_path_rate=drop_path_rate,
         no_weight_decay=("relative_position_bias_table",),  # as timm's MaxxVit.no_weight_decay
-        min_input_size=32,
+        stem_stride=2,
     )
 
 
 def _with_window(cfg: NetCfg, window: tuple[int, int], grid: tuple[int, int] | None = None) -> NetCfg:
     grid = window if grid is None else grid
     stages = tuple(
-        StageCfg(s.depth, s.dim, s.block, {**s.block_kwargs, "window_size": window, "grid_size": grid},
-                 s.downsample, s.downsample_kwargs)
+        dataclasses.replace(s, block_kwargs={**s.block_kwargs, "window_size": window, "grid_size": grid})
         for s in cfg.stages
     )
     return cfg.replace(stages=stages)
@@ -304,9 +298,7 @@ def maxvit_cfg_from_official(official_kwargs: dict[str, Any]) -> tuple[NetCfg, d
 # ------------------------------------------------------------------------------------------------ model
 class MaxViT(Backbone):
     """:class:`~zoo.models.Backbone` for MaxViT: ``img_size`` (timm's convention) sets window = grid =
-    ``img_size // 32`` per side (the training resolution's partition; any input size still runs), and
-    ``feature_info`` reports strides 4/8/16/32 (the skeleton counts downsamplers; MaxViT strides inside
-    each stage's first MBConv)."""
+    ``img_size // 32`` per side (the training resolution's partition; any input size still runs)."""
 
     def __init__(
         self,
@@ -328,15 +320,6 @@ class MaxViT(Backbone):
         super().__init__(cfg, num_classes, in_chans, global_pool, drop_rate, drop_path_rate,
                          device=device, dtype=dtype)
         self.img_size = None if img_size is None else pair(img_size)
-        stem_stride = 2
-        for i, info in enumerate(self.feature_info):
-            info["reduction"] = stem_stride * 2 ** (i + 1)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """As the skeleton's, but an unpooled (``global_pool=""``) NCHW head output goes back to the model's
-        ``output_fmt`` (NHWC)."""
-        out = super().forward_head(x, pre_logits)
-        return out.permute(0, 2, 3, 1) if out.dim() == 4 else out
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -344,7 +327,7 @@ class MaxViT(Backbone):
         """As the skeleton's; pruning the head also drops the norm-MLP head's norm and pre-logits layer (as
         timm's ``MaxxVit``), so a pruned model has no parameters left unused."""
         take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
-        if prune_head and isinstance(self.head, NormMlpClassifierHead) and self.head.hidden_size:
+        if prune_head and isinstance(self.head, ClNormMlpClassifierHead) and self.head.hidden_size:
             self.head.reset(0, reset_other=True)
             self.head_hidden_size = self.head.num_features
         return take_indices
