@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._family import Family
 
 
 def unwrap_state_dict(state_dict: dict) -> dict:
@@ -14,14 +17,6 @@ def unwrap_state_dict(state_dict: dict) -> dict:
         if key in state_dict and isinstance(state_dict[key], dict):
             return state_dict[key]
     return state_dict
-
-
-def guess_family(keys: Sequence[str], families: Sequence[tuple[str, Sequence[str]]]) -> str | None:
-    """The first family in ``families`` (``(name, marker key prefixes/substrings)``) whose markers occur."""
-    for name, markers in families:
-        if any(k.startswith(m) or m in k for k in keys for m in markers):
-            return name
-    return None
 
 
 def map_key(key: str, key_map: Sequence[tuple[re.Pattern, Any]]) -> str | None:
@@ -101,7 +96,7 @@ def swin_layout_keys(blocks: str, downsample: str, levels: str = "layers") -> li
 
 def official_to_zoo(
     sd: dict,
-    family,
+    family: Family,
     key_map: Sequence[tuple[re.Pattern, Any]],
     *,
     official: Callable[[list[str]], bool],
