@@ -6,8 +6,8 @@ import importlib.util
 
 # extra -> the modules it brings that the code imports
 EXTRAS = {
-    "train": ("lightning", "torchmetrics", "webdataset", "segmentation_models_pytorch", "pycocotools", "tensorboard",
-              "matplotlib"),
+    "train": ("lightning", "torchmetrics", "webdataset", "segmentation_models_pytorch", "pycocotools", "torchdata",
+              "tensorboard", "matplotlib"),
     "export": ("onnx", "onnxruntime", "onnxscript"),
     "natten": ("natten",),
 }
