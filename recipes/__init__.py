@@ -1,7 +1,9 @@
 """Lightning recipes: classification, detection and segmentation over any timm backbone.
 
-Shared pieces live in :mod:`recipes.common` (optimizer, callbacks, loggers, CLI) and
-:mod:`recipes.checkpoint` (``load_model``). Task modules are imported on demand.
+Shared pieces live one per concern in :mod:`recipes.optimization`, :mod:`recipes.callbacks`,
+:mod:`recipes.loggers`, :mod:`recipes.skips`, :mod:`recipes.seeding`, :mod:`recipes.cli`,
+:mod:`recipes.checkpoint` (``load_model``), :mod:`recipes.deploy` and :mod:`recipes.run_folder`;
+:mod:`recipes.common` re-exports them. Task modules are imported on demand.
 
 In the repository this package is ``recipes``; the wheel installs it as ``zoo_recipes`` and makes ``recipes.*``
 resolve to it (``recipes/_alias.py``), so configs and checkpoints that name ``recipes.<module>.<Class>`` work in
