@@ -59,6 +59,19 @@ def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
 
+def resize_agent_bias(t: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """An ``ah/aw/ha/wa_bias`` resized to ``shape``: linear (``align_corners=False``) along every axis whose
+    length differs, computed in float32. The one resize of these tables for another training size: loading
+    a checkpoint into a model of another size (the converter) and :meth:`AgentAttention.set_train_size`."""
+    for d, (a, b) in enumerate(zip(t.shape, shape)):
+        if a != b:
+            moved = t.movedim(d, -1)
+            lead = moved.shape[:-1]
+            r = F.interpolate(moved.reshape(1, -1, a).float(), size=b, mode="linear", align_corners=False)
+            t = r.reshape(*lead, b).to(t.dtype).movedim(-1, d)
+    return t
+
+
 class AgentAttention(nn.Module):
     """Agent attention over a channels-last map ``[B, H, W, C] -> [B, H, W, C]`` (any H, W).
 
@@ -166,6 +179,24 @@ class AgentAttention(nn.Module):
             p = getattr(self, name, None)
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
+
+    def set_train_size(self, train_size: int | tuple[int, int]) -> None:
+        """Make ``train_size`` the map the ``ah/aw/ha/wa`` biases are defined at (``set_input_size``): each is
+        resized with :func:`resize_agent_bias`, as the converter resizes a checkpoint for a model built at
+        that size; device, dtype and ``requires_grad`` are kept."""
+        H, W = ops.pair(train_size, name="AgentAttention.set_train_size: train_size")
+        s, h, n = self.sr_ratio, self.num_heads, self.agent_num
+        if H < s or W < s:
+            raise ValueError(f"AgentAttention.set_train_size: {(H, W)} is smaller than sr_ratio={s}")
+        shapes = {"ah_bias": (h, n, H // s, 1), "aw_bias": (h, n, 1, W // s), "ha_bias": (h, H, 1, n),
+                  "wa_bias": (h, 1, W, n)}
+        for name, shape in shapes.items():
+            old = getattr(self, name)
+            if tuple(old.shape) != shape:
+                with torch.no_grad():
+                    new = resize_agent_bias(old.detach(), shape)
+                setattr(self, name, nn.Parameter(new, requires_grad=old.requires_grad))
+        self.train_size = (H, W)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         # official files and zoo files written before the rank-4 storage hold ah/aw/ha/wa_bias as [1, ...]

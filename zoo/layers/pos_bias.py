@@ -261,6 +261,21 @@ class RelPosBias(nn.Module):
         index = relative_position_index((gh, gw), self.layout, device=table.device)
         return grid.reshape(self.num_heads, -1)[:, index.reshape(-1)].reshape(self.num_heads, n, n)
 
+    def set_window_size(self, window_size: int | tuple[int, int]) -> None:
+        """Make ``window_size`` the table's window in place (``set_input_size`` of a model whose windows grow
+        with the input): the table is resized with :func:`resize_rel_pos_bias_table` and this module's
+        ``resize_mode``, as :func:`resize_rel_pos_bias_tables` resizes a checkpoint's table for a model built
+        at that window; device, dtype and ``requires_grad`` are kept."""
+        window = ops.pair(window_size, name="RelPosBias.set_window_size: window_size")
+        if window == self.window_size:
+            return
+        old = self.relative_position_bias_table
+        with torch.no_grad():
+            table = resize_rel_pos_bias_table(old.detach(), window, self.window_size, mode=self.resize_mode)
+        self.relative_position_bias_table = nn.Parameter(table, requires_grad=old.requires_grad)
+        self.window_size = window
+        self.relative_position_index = relative_position_index(window, self.layout, device=old.device)
+
     def extra_repr(self) -> str:
         return (
             f"window_size={self.window_size}, num_heads={self.num_heads}, layout={self.layout!r}, "

@@ -170,6 +170,48 @@ def check_model_args(
             )
 
 
+def input_hw(what: str, img_size: Any, min_size: int = 32, square: bool = False) -> tuple[int, int]:
+    """``img_size`` (an int or an ``(h, w)`` pair of ints) as ``(h, w)``, or one clear ValueError: not ints,
+    smaller than ``min_size`` (the smallest input the model takes), or not square where ``square``."""
+    seq = isinstance(img_size, (tuple, list))
+    vals = list(img_size) if seq else [img_size]
+    if (seq and len(vals) != 2) or any(isinstance(v, bool) or not isinstance(v, int) for v in vals):
+        raise ValueError(f"{what}: img_size must be an int or an (h, w) pair of ints, got {img_size!r}")
+    h, w = (vals * 2)[:2] if not seq else vals
+    if min(h, w) < min_size:
+        raise ValueError(f"{what}: img_size {(h, w)} is below the smallest input the model takes ({min_size} px)")
+    if square and h != w:
+        raise ValueError(f"{what}: img_size must be square (its position terms are square), got {(h, w)}")
+    return h, w
+
+
+def record_input_size(model: nn.Module, hw: tuple[int, int]) -> None:
+    """Make ``hw`` the model's input size wherever timm reads one: ``pretrained_cfg`` / ``default_cfg``
+    ``input_size`` and ``pool_size`` (what ``timm.data.resolve_model_data_config`` and timm's scripts use; a
+    new dict, so no other model's cfg changes) and timm's model traits (the ``img_size`` a saved model is
+    rebuilt with)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        cfg = dict(cfg)
+        cfg["input_size"] = (cfg.get("input_size", (getattr(model, "in_chans", 3),))[0], *hw)
+        if "pool_size" in cfg:
+            cfg["pool_size"] = (hw[0] // 32, hw[1] // 32)
+        model.pretrained_cfg = model.default_cfg = cfg
+    try:
+        from timm.models._input import update_model_input_size  # timm >= 1.0.31
+    except ImportError:
+        return
+    update_model_input_size(model, hw)
+
+
+def current_input_size(model: nn.Module) -> tuple[int, int]:
+    """The input size a model records: its ``img_size``, else its cfg's ``input_size``, else 224."""
+    if getattr(model, "img_size", None) is not None:
+        return tuple(model.img_size)
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
+    return int(size[-2]), int(size[-1])
+
+
 def _failing_layer(model: nn.Module, err: BaseException) -> tuple[str, nn.Module | None]:
     """The innermost submodule of ``model`` whose ``forward`` was running when ``err`` was raised (read from
     the traceback's frames: no hooks, nothing to pay while nothing fails)."""
@@ -241,12 +283,15 @@ class Backbone(nn.Module):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float | None = None,
+        img_size: int | tuple[int, int] | None = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.cfg = cfg
+        # the input size the model is built for (recorded for timm; the model itself takes any size)
+        self.img_size = None if img_size is None else input_hw(type(self).__name__, img_size, cfg.min_input_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -330,6 +375,35 @@ class Backbone(nn.Module):
         if global_pool is not None:
             self.global_pool = global_pool
         self.head_hidden_size = self.head.num_features
+
+    def set_input_size(
+        self, img_size: int | tuple[int, int] | None = None, window_size: int | tuple[int, int] | None = None
+    ) -> None:
+        """timm's ``set_input_size``: make ``img_size`` the model's input size. Every zoo model runs on any input
+        >= 32 px whatever this says (timm's ``dynamic_img_size`` is always on); what changes is the recorded
+        size (``pretrained_cfg['input_size']``, so ``resolve_model_data_config`` and timm's scripts use it,
+        and timm's traits) and, in the families whose official higher-resolution models change a size-dependent
+        setting, that setting, as ``create_model(name, img_size=...)`` builds it (:meth:`resized_cfg`); learned
+        tables are resized as the family's converter resizes them. ``window_size``: families with a window
+        (MaxViT) only. Calling it at the current size changes nothing."""
+        what = f"{type(self).__name__}.set_input_size"
+        hw = current_input_size(self) if img_size is None else input_hw(what, img_size, self.cfg.min_input_size)
+        cfg = self.resized_cfg(hw, window_size)
+        if cfg != self.cfg:
+            self.apply_cfg(cfg)
+            self.cfg = cfg
+        self.img_size = hw
+        record_input_size(self, hw)
+
+    def resized_cfg(self, hw: tuple[int, int], window_size: int | tuple[int, int] | None = None) -> NetCfg:
+        """The config of this model at input size ``hw`` (a family with size-dependent settings overrides
+        it). The skeleton's blocks have none: the config is unchanged."""
+        if window_size is not None:
+            raise ValueError(f"{type(self).__name__}.set_input_size: this family has no window_size to set")
+        return self.cfg
+
+    def apply_cfg(self, cfg: NetCfg) -> None:
+        """Change the modules in place to ``cfg`` (a :meth:`resized_cfg` of the current one)."""
 
     # -------------------------------------------------------------------------------------------- forward
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:

@@ -425,4 +425,8 @@ def build_zoo_model(
         cfg = getattr(module, "pretrained_cfg", None)
         if isinstance(cfg, dict):
             cfg.pop("state_dict", None)  # don't keep the placeholder (or a user's tensors) in the config
+            if kwargs.get("img_size") is not None:  # the size it is built for, as set_input_size records it
+                from ._base import input_hw, record_input_size
+
+                record_input_size(module, input_hw(variant, kwargs["img_size"]))
     return model

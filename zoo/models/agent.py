@@ -29,15 +29,16 @@ import torch
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ..layers.agent import RANK5_BIASES, official_agent_bias
-from ._base import build_backbone
+from ..layers.agent import RANK5_BIASES, official_agent_bias, resize_agent_bias
+from ._base import build_backbone, input_hw
 from ._convert import check_fits, map_keys, swin_layout_keys, unwrap_state_dict
 from ._family import Family, tag_input_size
 from ._pretrained import build_zoo_model
 from .agent_deit import DEIT_VARIANTS, AgentVisionTransformer, DeitBlock
-from .agent_pvt import PVT_VARIANTS, PvtEmbed, agent_pvt_cfg
+from .agent_pvt import PVT_VARIANTS, AgentPVT, PvtEmbed, agent_pvt_cfg
 from .agent_swin import (  # noqa: F401  (_split_attn_type, _stage_kinds: the block patterns, named here too)
     SWIN_VARIANTS,
+    AgentSwin,
     ShiftedWindowAttention,
     _split_attn_type,
     _stage_kinds,
@@ -111,19 +112,6 @@ def _layout(keys: list[str]) -> str | None:
     return None
 
 
-def _resize_axes(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Linear (``align_corners=False``) resize of every axis where ``t`` and ``shape`` differ (agent biases)."""
-    import torch.nn.functional as F
-
-    for d, (a, b) in enumerate(zip(t.shape, shape)):
-        if a != b:
-            moved = t.movedim(d, -1)
-            lead = moved.shape[:-1]
-            r = F.interpolate(moved.reshape(1, -1, a).float(), size=b, mode="linear", align_corners=False)
-            t = r.reshape(*lead, b).to(t.dtype).movedim(-1, d)
-    return t
-
-
 def _fit_to_model(out: dict, model: nn.Module) -> dict:
     """Resize resolution-dependent tensors (agent biases, abs pos embeds, Swin tables) to ``model``."""
     from ..layers import resample_abs_pos_embed, resize_rel_pos_bias_tables
@@ -136,7 +124,7 @@ def _fit_to_model(out: dict, model: nn.Module) -> dict:
         want = expected[k].shape
         leaf = k.rsplit(".", 1)[-1]
         if leaf in ("ah_bias", "aw_bias", "ha_bias", "wa_bias") and v.dim() == len(want):
-            out[k] = _resize_axes(v, want)
+            out[k] = resize_agent_bias(v, want)
         elif leaf == "pos_embed" and v.dim() == 3:
             prefix = 1 if k == "pos_embed" else 0  # DeiT: class token first; PVT: none
             n = want[1] - prefix
@@ -222,24 +210,24 @@ default_cfgs = generate_default_cfgs({
 
 def _train_size(variant: str, kwargs: dict) -> int:
     """The square training resolution the position terms are defined at (:func:`tag_input_size`); pops
-    ``img_size`` (the models take no such argument)."""
-    h, w = tag_input_size(variant, kwargs)
+    ``img_size`` (the callers pass it on as the model's recorded size)."""
+    h, w = input_hw(variant, tag_input_size(variant, kwargs), square=True)
     kwargs.pop("img_size", None)
-    if h != w:
-        raise ValueError(f"{variant}: img_size must be square, got {(h, w)}")
     return h
 
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     img_size = _train_size(variant, kwargs)
     cfg = agent_swin_cfg(img_size=img_size, window_size=img_size // 4, **SWIN_VARIANTS[variant])
-    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=AgentSwin,
+                          img_size=img_size, **kwargs)
 
 
 def _create_pvt(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     img_size = _train_size(variant, kwargs)
     cfg = agent_pvt_cfg(img_size=img_size, **PVT_VARIANTS[variant])
-    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=AgentPVT,
+                          img_size=img_size, **kwargs)
 
 
 

@@ -22,7 +22,7 @@ from timm.models._features import feature_take_indices  # (no public name in tim
 from torch import nn
 
 from ..layers import AgentAttention, Block, PatchEmbed, TokenAttention, resample_abs_pos_embed
-from ._base import check_image_batch, check_model_args
+from ._base import check_image_batch, check_model_args, input_hw, record_input_size
 
 __all__ = ["DEIT_VARIANTS", "AgentVisionTransformer", "DeitBlock"]
 
@@ -86,6 +86,7 @@ class AgentVisionTransformer(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.patch_size = patch_size
+        self.img_size = input_hw("AgentVisionTransformer", img_size, square=True)
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.drop_rate = drop_rate
         agent_layers = depth if agent_layers is None else agent_layers
@@ -124,6 +125,29 @@ class AgentVisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     # timm API
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None) -> None:
+        """timm's ``set_input_size``: make ``img_size`` (square) the model's input size, as the official 448 px
+        model differs from the 224 px one: ``pos_embed`` resampled (bilinear) to the new patch grid and every
+        agent block's biases resized to it, as the converter does for a checkpoint loaded at that size; the
+        recorded size (``pretrained_cfg['input_size']``, timm's traits) follows. Any input >= 32 px runs
+        before and after (the position terms are resized at run time), and at the new size the outputs equal
+        the unchanged model's up to rounding."""
+        if img_size is None:
+            img_size = self.img_size
+        h = input_hw("AgentVisionTransformer.set_input_size", img_size, square=True)[0]
+        grid = (h // self.patch_size, h // self.patch_size)
+        if grid != self.grid_size:
+            old = self.pos_embed
+            with torch.no_grad():
+                new = resample_abs_pos_embed(old.detach(), grid, self.grid_size, num_prefix_tokens=1)
+            self.pos_embed = nn.Parameter(new, requires_grad=old.requires_grad)
+            for block in self.blocks:
+                if isinstance(block.attn, AgentAttention):
+                    block.attn.set_train_size(grid)
+            self.grid_size = grid
+        self.img_size = (h, h)
+        record_input_size(self, self.img_size)
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}

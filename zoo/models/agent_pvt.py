@@ -9,16 +9,17 @@ Official code: LeapLabTHU/Agent-Attention@207ce3e ``agent_transformer/models/age
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import AbsPosEmbed, AgentAttention, Block, PatchEmbed, PatchEmbedDownsample
-from ._base import NetCfg, StageCfg, register_block, register_downsampler, register_stem
+from ..layers import AbsPosEmbed, AgentAttention, Block, PatchEmbed, PatchEmbedDownsample, resample_abs_pos_embed
+from ._base import Backbone, NetCfg, StageCfg, input_hw, register_block, register_downsampler, register_stem
 
-__all__ = ["PVT_VARIANTS", "PvtEmbed", "agent_pvt_cfg"]
+__all__ = ["PVT_VARIANTS", "AgentPVT", "PvtEmbed", "agent_pvt_cfg", "agent_pvt_resized"]
 
 
 class PvtEmbed(nn.Module):
@@ -33,6 +34,17 @@ class PvtEmbed(nn.Module):
         super().__init__()
         self.embed = embed
         self.pos = AbsPosEmbed(out_dim, grid_size, num_prefix_tokens=0, device=device, dtype=dtype)
+
+    def set_grid_size(self, grid_size: int) -> None:
+        """Another training grid (``set_input_size``): ``pos_embed`` resampled as the converter does."""
+        pos, grid = self.pos, (grid_size, grid_size)
+        if grid == pos.grid_size:
+            return
+        old = pos.pos_embed
+        with torch.no_grad():
+            new = resample_abs_pos_embed(old.detach(), grid, pos.grid_size, num_prefix_tokens=0)
+        pos.pos_embed = nn.Parameter(new, requires_grad=old.requires_grad)
+        pos.grid_size = grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos(self.embed(x))
@@ -132,6 +144,40 @@ def agent_pvt_cfg(
         # the official PVT recipe decays pos_embed (its no_weight_decay lists only a cls_token it does not have)
         no_weight_decay=(),
     )
+
+
+def agent_pvt_resized(cfg: NetCfg, img_size: int) -> NetCfg:
+    """``cfg`` at another training size (as :func:`agent_pvt_cfg` builds it): position embeddings and agent
+    biases on the stage maps ``img_size / (patch · 2**i)``."""
+    res = img_size // cfg.stem_kwargs.get("patch_size", 4)
+    stages = tuple(
+        dataclasses.replace(
+            s, block_kwargs={**s.block_kwargs, "train_size": res // 2**i},
+            downsample_kwargs={**s.downsample_kwargs, "grid_size": res // 2**i} if i else s.downsample_kwargs,
+        )
+        for i, s in enumerate(cfg.stages)
+    )
+    return cfg.replace(stem_kwargs={**cfg.stem_kwargs, "grid_size": res}, stages=stages)
+
+
+class AgentPVT(Backbone):
+    """:class:`~zoo.models.Backbone` of the Agent-PVT variants. ``set_input_size(img_size)`` (square) builds
+    what the official 256 px model differs in (:func:`agent_pvt_resized`): every stage's ``pos_embed``
+    resampled and every agent bias resized to the new stage maps, as the converter does for a checkpoint
+    loaded into a model of that size. At the new size the outputs equal the unchanged model's (which
+    resizes both at run time) up to rounding."""
+
+    def resized_cfg(self, hw: tuple[int, int], window_size: int | tuple[int, int] | None = None) -> NetCfg:
+        super().resized_cfg(hw, window_size)  # no window_size
+        return agent_pvt_resized(self.cfg, input_hw("AgentPVT.set_input_size", hw, square=True)[0])
+
+    def apply_cfg(self, cfg: NetCfg) -> None:
+        self.stem.set_grid_size(cfg.stem_kwargs["grid_size"])
+        for i, (stage, sc) in enumerate(zip(self.stages, cfg.stages)):
+            if i:
+                stage.downsample.set_grid_size(sc.downsample_kwargs["grid_size"])
+            for block in stage.blocks:
+                block.attn.set_train_size(sc.block_kwargs["train_size"])
 
 
 # name -> kwargs of agent_pvt_cfg (official cfgs/agent_pvt_*.yaml)

@@ -17,6 +17,7 @@ official Swin decides from ``img_size``).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -26,9 +27,12 @@ from torch import nn
 
 from .. import ops
 from ..layers import AgentAttention, Block, PartitionAttention, PatchEmbed, PatchMerging, RelPosBias
-from ._base import NetCfg, StageCfg, register_block, register_downsampler, register_stem
+from ._base import Backbone, NetCfg, StageCfg, input_hw, register_block, register_downsampler, register_stem
 
-__all__ = ["SWIN_VARIANTS", "ShiftedWindowAttention", "agent_swin_cfg", "agent_swin_cfg_from_official"]
+__all__ = [
+    "SWIN_VARIANTS", "AgentSwin", "ShiftedWindowAttention", "agent_swin_cfg", "agent_swin_cfg_from_official",
+    "agent_swin_resized",
+]
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -67,6 +71,12 @@ class ShiftedWindowAttention(PartitionAttention):
         if min(H, W) <= self.window_size:  # one window of the whole map, no shift
             return super().forward(x, size=min(H, W), shift=0)
         return super().forward(x)
+
+    def set_window_size(self, window_size: int) -> None:
+        """Another window (``set_input_size``); the table is resized (bicubic) as the converter does."""
+        self.rel_pos.set_window_size(window_size)
+        self.window_size = window_size
+        self.size = ops.pair(window_size)
 
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}, shift={self.shift}, num_heads={self.num_heads}"
@@ -193,6 +203,40 @@ def agent_swin_cfg(
         # official no_weight_decay_keywords: relative_position_bias_table; the agent biases are >= 2-D
         no_weight_decay=("relative_position_bias_table",),
     )
+
+
+def agent_swin_resized(cfg: NetCfg, img_size: int) -> NetCfg:
+    """``cfg`` at another training size, as the zoo's variants are built for it (official ``WINDOW_SIZE`` =
+    ``img_size // 4``, as the official 288/384 px configs): agent biases on the stage maps
+    ``img_size / (patch · 2**i)``, Swin windows ``max(7, img_size // 32)`` (12 at 384)."""
+    window = img_size // 4
+    res = img_size // cfg.stem_kwargs.get("patch_size", 4)
+    stages = tuple(
+        dataclasses.replace(s, block_kwargs={
+            **s.block_kwargs, "train_size": min(window, res // 2**i), "window_size": max(7, window // 8),
+        })
+        for i, s in enumerate(cfg.stages)
+    )
+    return cfg.replace(stages=stages)
+
+
+class AgentSwin(Backbone):
+    """:class:`~zoo.models.Backbone` of the Agent-Swin variants. ``set_input_size(img_size)`` (square) builds
+    what the official 288/384 px models differ in (:func:`agent_swin_resized`): the agent biases of every
+    agent block resized to the new stage maps, the Swin blocks' window ``max(7, img_size // 32)`` with its
+    bias table resized (bicubic), as the converter resizes 224 px weights for a model built at that size."""
+
+    def resized_cfg(self, hw: tuple[int, int], window_size: int | tuple[int, int] | None = None) -> NetCfg:
+        super().resized_cfg(hw, window_size)  # no window_size
+        return agent_swin_resized(self.cfg, input_hw("AgentSwin.set_input_size", hw, square=True)[0])
+
+    def apply_cfg(self, cfg: NetCfg) -> None:
+        for stage, sc in zip(self.stages, cfg.stages):
+            for block in stage.blocks:
+                if isinstance(block.attn, AgentAttention):
+                    block.attn.set_train_size(sc.block_kwargs["train_size"])
+                else:
+                    block.attn.set_window_size(sc.block_kwargs["window_size"])
 
 
 def agent_swin_cfg_from_official(official_kwargs: dict[str, Any]) -> tuple[NetCfg, dict[str, Any]]:

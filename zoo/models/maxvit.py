@@ -33,7 +33,7 @@ from torch import nn
 
 from ..layers import Block, MaxViTStem, MBConv, PartitionAttention, RelPosBias, resize_rel_pos_bias_tables
 from ..ops import pair
-from ._base import Backbone, NetCfg, StageCfg, build_backbone, register_block, register_stem
+from ._base import Backbone, NetCfg, StageCfg, build_backbone, input_hw, register_block, register_stem
 from ._convert import check_fits, unwrap_state_dict
 from ._family import Family, tag_input_size
 
@@ -126,6 +126,12 @@ class MaxViTBlock(nn.Module):
                       drop_path=drop_path, dd=dd)
         self.attn_block = _attn_block(dim, "window", window, **common)
         self.attn_grid = _attn_block(dim, "grid", grid, **common)
+
+    def set_partition(self, window: tuple[int, int], grid: tuple[int, int]) -> None:
+        """New window and grid sizes (``set_input_size``); the bias tables are resized as the converter does."""
+        for block, size in ((self.attn_block, window), (self.attn_grid, grid)):
+            block.attn.size = size
+            block.attn.rel_pos.set_window_size(size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -298,7 +304,11 @@ def maxvit_cfg_from_official(official_kwargs: dict[str, Any]) -> tuple[NetCfg, d
 # ------------------------------------------------------------------------------------------------ model
 class MaxViT(Backbone):
     """:class:`~zoo.models.Backbone` for MaxViT: ``img_size`` (timm's convention) sets window = grid =
-    ``img_size // 32`` per side (the training resolution's partition; any input size still runs)."""
+    ``img_size // 32`` per side (the training resolution's partition; any input size still runs).
+
+    ``set_input_size(img_size)`` does what the official 384/512 px models differ in: window = grid =
+    ``img_size // 32`` (``window_size=``: another window = grid), every bias table resized to it (timm's
+    geometric resize, what the converter does to 224 px weights loaded at 384)."""
 
     def __init__(
         self,
@@ -313,13 +323,20 @@ class MaxViT(Backbone):
         dtype=None,
     ):
         if img_size is not None:
-            hw = pair(img_size)
-            if min(hw) < 32:
-                raise ValueError(f"MaxViT: img_size {hw} gives a window of img_size // 32 = 0; use >= 32")
+            hw = input_hw("MaxViT", img_size)  # >= 32: a window of img_size // 32 >= 1
             cfg = _with_window(cfg, (hw[0] // 32, hw[1] // 32))
-        super().__init__(cfg, num_classes, in_chans, global_pool, drop_rate, drop_path_rate,
+        super().__init__(cfg, num_classes, in_chans, global_pool, drop_rate, drop_path_rate, img_size,
                          device=device, dtype=dtype)
-        self.img_size = None if img_size is None else pair(img_size)
+
+    def resized_cfg(self, hw: tuple[int, int], window_size: int | tuple[int, int] | None = None) -> NetCfg:
+        if window_size is None:
+            return _with_window(self.cfg, (hw[0] // 32, hw[1] // 32))
+        return _with_window(self.cfg, pair(window_size, name="MaxViT.set_input_size: window_size"))
+
+    def apply_cfg(self, cfg: NetCfg) -> None:
+        for stage, sc in zip(self.stages, cfg.stages):
+            for block in stage.blocks:
+                block.set_partition(sc.block_kwargs["window_size"], sc.block_kwargs["grid_size"])
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True

@@ -21,6 +21,7 @@ instead of ``levels.``, downsample ``{norm, reduction}`` a Linear).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -38,11 +39,21 @@ from ..layers import (
     PatchMerging,
     resize_rel_pos_bias_table,
 )
-from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ._base import (
+    Backbone,
+    NetCfg,
+    StageCfg,
+    build_backbone,
+    current_input_size,
+    input_hw,
+    register_block,
+    register_downsampler,
+    register_stem,
+)
 from ._convert import check_fits, official_to_zoo, swin_layout_keys, unwrap_state_dict
-from ._family import Family
+from ._family import Family, tag_input_size
 
-__all__ = ["FAMILY", "VARIANTS", "checkpoint_filter_fn", "nat_cfg", "nat_cfg_from_official"]
+__all__ = ["FAMILY", "NAT", "VARIANTS", "checkpoint_filter_fn", "dinat_resized", "nat_cfg", "nat_cfg_from_official"]
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -227,6 +238,45 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def dinat_resized(cfg: NetCfg, hw: tuple[int, int]) -> NetCfg:
+    """``cfg`` with DiNAT's dilation rule at input size ``hw``: in a stage whose blocks dilate (``dilations``
+    given), odd blocks get the largest dilation whose ``kernel · dilation`` neighborhood fits the stage map
+    (``max(1, map // kernel)``, map ``min(h, w) / (4 · 2**i)``), even blocks 1. It gives every DiNAT/DiNAT_s
+    table at 224 px and the official 384 px ones (13/6/3); NAT (no dilations) is unchanged."""
+    side = min(hw) // 4
+    stages = []
+    for i, s in enumerate(cfg.stages):
+        d = s.block_kwargs.get("dilations")
+        if d is not None:
+            dil = max(1, (side // 2**i) // int(s.block_kwargs.get("kernel_size", 7)))
+            d = tuple(dil if j % 2 else 1 for j in range(len(d)))
+            s = dataclasses.replace(s, block_kwargs={**s.block_kwargs, "dilations": d})
+        stages.append(s)
+    return cfg.replace(stages=tuple(stages))
+
+
+class NAT(Backbone):
+    """:class:`~zoo.models.Backbone` of NAT/DiNAT/DiNAT_s. ``set_input_size(img_size)``: NAT has nothing
+    size-dependent (its ``rpb`` depends on the kernel only), so only the recorded size changes; DiNAT takes
+    the dilations of :func:`dinat_resized` at the new size (what the official 384 px models differ in; no
+    table to resize), and its own table again at the size it was built for."""
+
+    def __init__(self, cfg: NetCfg, *args, **kwargs):
+        super().__init__(cfg, *args, **kwargs)
+        self._built = (current_input_size(self), cfg)
+
+    def resized_cfg(self, hw: tuple[int, int], window_size: int | tuple[int, int] | None = None) -> NetCfg:
+        super().resized_cfg(hw, window_size)  # no window_size
+        built_hw, built_cfg = self._built
+        return built_cfg if hw == built_hw else dinat_resized(self.cfg, hw)
+
+    def apply_cfg(self, cfg: NetCfg) -> None:
+        for stage, sc in zip(self.stages, cfg.stages):
+            for block, d in zip(stage.blocks, sc.block_kwargs.get("dilations") or ()):
+                block.attn.dilation = d
+                block.attn.window_size = block.attn.kernel_size * d
+
+
 # -------------------------------------------------------------------------------------------- converter
 _BLOCK_PART = r"norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2"
 # official regex -> zoo template; (NAT/DiNAT "levels", DiNAT_s "layers")
@@ -330,8 +380,12 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    return build_backbone(variant, nat_cfg(**VARIANTS[variant]), pretrained, filter_fn=checkpoint_filter_fn,
-                          **kwargs)
+    # DiNAT's dilations follow the size (dinat_resized) away from the variant's own training size
+    cfg, default = nat_cfg(**VARIANTS[variant]), tag_input_size(variant, {})
+    kwargs["img_size"] = input_hw(variant, tag_input_size(variant, kwargs))
+    if kwargs["img_size"] != default:
+        cfg = dinat_resized(cfg, kwargs["img_size"])
+    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=NAT, **kwargs)
 
 
 FAMILY.register_models(__name__, _create, {
