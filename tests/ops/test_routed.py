@@ -109,10 +109,30 @@ def _out_and_grads(backend, q, k, v, regions, topk, idx):
     return out, torch.autograd.grad((out * w).sum(), (q, k, v)), path
 
 
-@pytest.mark.parametrize("form", ["mask", "gather"])
+def _use_form(monkeypatch, form):
+    """Pin the sdpa path's form: the mask form, the whole gather, or the chunked gather (CPU training)."""
+    monkeypatch.setattr(R, "MASK_FORM_MAX_REGION_TOKENS", 10**9 if form == "mask" else 0)
+    monkeypatch.setattr(R, "CHUNKED_MIN_GATHER_ELEMENTS", 0 if form == "chunked" else 10**18)
+
+
+def _ran_chunked(out):
+    """Whether the autograd graph of ``out`` holds the chunked form's node."""
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ == "_ChunkedRoutedBackward":
+            return True
+        todo += [f for f, _ in fn.next_functions]
+    return False
+
+
+@pytest.mark.parametrize("form", ["mask", "gather", "chunked"])
 @pytest.mark.parametrize("H,W,regions,topk", CASES)
 def test_sdpa_matches_reference_forward_and_backward(H, W, regions, topk, form, monkeypatch):
-    monkeypatch.setattr(R, "MASK_FORM_MAX_REGION_TOKENS", 10**9 if form == "mask" else 0)
+    _use_form(monkeypatch, form)
     q, k, v = _qkv(H=H, W=W, grad=True)
     idx = ops.routing_indices(q, k, regions, topk)
     ref, ref_g, path = _out_and_grads("reference", q, k, v, regions, topk, idx)
@@ -166,10 +186,12 @@ def test_flex_with_gradients_on_cpu_falls_back_to_sdpa():
     assert q.grad is not None and k.grad is not None and v.grad is not None
 
 
-@pytest.mark.parametrize("backend,form", [("reference", None), ("sdpa", "mask"), ("sdpa", "gather")])
+@pytest.mark.parametrize("backend,form", [("reference", None), ("sdpa", "mask"), ("sdpa", "gather"),
+                                          ("sdpa", "chunked")])
 def test_gradcheck_float64(backend, form, monkeypatch):
     if form is not None:
-        monkeypatch.setattr(R, "MASK_FORM_MAX_REGION_TOKENS", 10**9 if form == "mask" else 0)
+        _use_form(monkeypatch, form)
+        monkeypatch.setattr(R, "CHUNK_ELEMENTS", 1)  # one query region per chunk
     q, k, v = _qkv(B=1, h=2, H=4, W=4, d=2, dv=2, dtype=torch.float64, grad=True)
     idx = ops.routing_indices(q, k, 2, 2)
     with ops.use_backend(backend):
@@ -229,3 +251,90 @@ def test_bad_arguments_raise_one_clear_error_each():
         ops.routed_attention(nan, k, v, 3, 2)
     with pytest.raises(ValueError, match="not divisible"):
         ops.routing_indices(q, k, 5, 2)
+
+
+@pytest.mark.parametrize("chunk", [1, 700, 10**9])  # one query region per chunk, a few, all in one
+@pytest.mark.parametrize("B,h,H,W,regions,topk,d,dv", [(2, 3, 10, 15, (2, 3), 4, 5, 7), (1, 2, 9, 7, (3, 1), 1, 3, 2),
+                                                      (3, 1, 6, 6, 3, 9, 4, 4)])
+def test_chunked_form_matches_reference_at_odd_sizes(B, h, H, W, regions, topk, d, dv, chunk, monkeypatch):
+    """The chunked CPU training form (gathers only a chunk's routed regions, re-gathers in the backward) equals
+    the reference's gather, forward and gradients, for any chunking, odd head dims and maps, topk 1 and all."""
+    _use_form(monkeypatch, "chunked")
+    monkeypatch.setattr(R, "CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(B, h, H, W, c, generator=g, requires_grad=True) for c in (d, d, dv))
+    idx = ops.routing_indices(q, k, regions, topk)
+    ref, ref_g, _ = _out_and_grads("reference", q, k, v, regions, topk, idx)
+    out, grads, path = _out_and_grads("sdpa", q, k, v, regions, topk, idx)
+    assert path == "sdpa" and _ran_chunked(out)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, ref_g):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_form_is_chosen_by_size_on_cpu_training_only(monkeypatch):
+    monkeypatch.setattr(R, "MASK_FORM_MAX_REGION_TOKENS", 0)
+    q, k, v = _qkv(grad=True)  # 2 batches, 2 heads, 9 regions of 4 tokens, topk 2, d 3, dv 4
+    gathered = 2 * 2 * 9 * 2 * 4 * (3 + 4)
+    with ops.use_backend("sdpa"):
+        monkeypatch.setattr(R, "CHUNKED_MIN_GATHER_ELEMENTS", gathered)
+        assert _ran_chunked(ops.routed_attention(q, k, v, 3, 2))
+        monkeypatch.setattr(R, "CHUNKED_MIN_GATHER_ELEMENTS", gathered + 1)
+        assert not _ran_chunked(ops.routed_attention(q, k, v, 3, 2))
+
+
+def _saved_bytes(fn):
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def test_chunked_form_saves_no_gathered_keys_or_values(monkeypatch):
+    """What autograd keeps for the backward: the whole gather (keys, values, attention) on the gather form;
+    only q, k, v and the output (each the size of the map) and the indices on the chunked form."""
+    monkeypatch.setattr(R, "MASK_FORM_MAX_REGION_TOKENS", 0)
+    B, h, H, W, d, topk = 1, 2, 16, 16, 8, 4
+    q, k, v = (torch.randn(B, h, H, W, d, requires_grad=True) for _ in range(3))
+    idx = ops.routing_indices(q, k, 4, topk)
+    map_bytes = q.numel() * 4
+    with ops.use_backend("sdpa"):
+        monkeypatch.setattr(R, "CHUNKED_MIN_GATHER_ELEMENTS", 10**18)
+        _, gather = _saved_bytes(lambda: ops.routed_attention(q, k, v, 4, topk, indices=idx))
+        monkeypatch.setattr(R, "CHUNKED_MIN_GATHER_ELEMENTS", 0)
+        out, chunked = _saved_bytes(lambda: ops.routed_attention(q, k, v, 4, topk, indices=idx))
+    assert _ran_chunked(out)
+    assert gather >= 2 * topk * map_bytes  # gathered keys and values: topk times the map each
+    assert chunked < 5 * map_bytes, (chunked, map_bytes)  # q, k, v, output; the indices are small
+
+
+def test_layer_pads_odd_maps_and_matches_reference_on_the_chunked_form(monkeypatch):
+    """BiLevelRoutingAttention on a map that needs padding (13x10 into 3x3 regions): the chunked form
+    gives the reference's output and parameter/input gradients."""
+    from zoo.layers import BiLevelRoutingAttention
+
+    _use_form(monkeypatch, "chunked")
+    monkeypatch.setattr(R, "CHUNK_ELEMENTS", 500)
+    torch.manual_seed(0)
+    layer = BiLevelRoutingAttention(24, num_heads=3, n_win=3, topk=2)
+    x = torch.randn(2, 13, 10, 24, requires_grad=True)
+    results = []
+    for backend in ("reference", "sdpa"):
+        layer.zero_grad()
+        with ops.use_backend(backend):
+            out = layer(x)
+        if backend == "sdpa":
+            assert _ran_chunked(out)
+        gx, = torch.autograd.grad(out.square().sum(), x, retain_graph=True)
+        out.square().sum().backward()
+        results.append((out, gx, [p.grad.clone() for p in layer.parameters()]))
+    (a, ga, pa), (b, gb, pb) = results
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-5)
+    for u, w in zip(pb, pa):
+        torch.testing.assert_close(u, w, rtol=1e-4, atol=1e-4)

@@ -166,15 +166,83 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
         indices = _route_head_major(qh, kh, B, topk, scale)
     flat = _flat_region_indices(indices, R)
     topk = indices.shape[-1]
+    train_cpu = _needs_grad(q, k, v) and q.device.type == "cpu"
+    if train_cpu and h * B * R * topk * kh.shape[2] * (kh.shape[3] + vh.shape[3]) >= CHUNKED_MIN_GATHER_ELEMENTS:
+        out = _ChunkedRouted.apply(qh, kh, vh, flat.view(B * R, topk), scale)
+        return _from_regions_head_major(out, num_regions, B, (H, W))
     ks = kh.index_select(1, flat).view(h, B * R, topk * kh.shape[2], kh.shape[3])
     vs = vh.index_select(1, flat).view(h, B * R, topk * vh.shape[2], vh.shape[3])
     # The fused CPU kernel's backward is slower than autograd through the explicit product for these
-    # many small per-region problems (measured), so training on CPU takes the explicit product.
-    if _needs_grad(q, k, v) and q.device.type == "cpu":
+    # many small per-region problems (measured), so training on CPU takes the explicit product (or, once
+    # the gathered keys/values would be large, the chunked form above, which never holds them all).
+    if train_cpu:
         out = ((qh * scale) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
     else:
         out = F.scaled_dot_product_attention(qh, ks, vs, scale=scale)
     return _from_regions_head_major(out, num_regions, B, (H, W))
+
+
+# CPU training: the sdpa path runs the chunked form (:class:`_ChunkedRouted`) when the gathered keys and
+# values of a call would hold at least this many elements (heads·B·R·topk·n·(d + dv)); below it, autograd
+# through the explicit product over the whole gather. Chunks hold about CHUNK_ELEMENTS gathered elements.
+CHUNKED_MIN_GATHER_ELEMENTS = 0
+CHUNK_ELEMENTS = 1 << 20
+
+
+def _chunks(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, idx: torch.Tensor):
+    """Query-region ranges ``(start, stop, flat indices of their routed regions)`` for :class:`_ChunkedRouted`."""
+    h, BR, n, _ = kh.shape
+    topk = idx.shape[1]
+    per_region = h * topk * n * (kh.shape[3] + vh.shape[3] + qh.shape[2])  # gathered k, v and the logits
+    step = max(1, CHUNK_ELEMENTS // per_region)
+    for s in range(0, BR, step):
+        e = min(BR, s + step)
+        yield s, e, idx[s:e].reshape(-1)
+
+
+def _gather_chunk(x: torch.Tensor, sel: torch.Tensor, regions: int) -> torch.Tensor:
+    """Head-major ``x: [h, B·R, n, c]`` → ``[h, regions, topk·n, c]``: the routed regions of ``regions`` query
+    regions (``sel``: their flat indices, ``regions·topk`` of them)."""
+    h, _, n, c = x.shape
+    return x.index_select(1, sel).view(h, regions, -1, c)
+
+
+class _ChunkedRouted(torch.autograd.Function):
+    """Routed attention over head-major regions that never materialises the whole gather.
+
+    ``qh, kh: [h, B·R, n, d]``, ``vh: [h, B·R, n, dv]``, ``idx: [B·R, topk]`` (flat region indices) →
+    ``[h, B·R, n, dv]``. The forward walks chunks of query regions, gathering only the chunk's routed
+    keys/values; it saves q, k, v and the output (each the size of the map). The backward re-gathers per
+    chunk, recomputes the chunk's softmax and scatters the key/value gradients back with ``index_add_``
+    (``dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O))``, as flash attention's backward).
+    """
+
+    @staticmethod
+    def forward(ctx, qh, kh, vh, idx, scale):
+        out = vh.new_empty(*qh.shape[:3], vh.shape[3])
+        for s, e, sel in _chunks(qh, kh, vh, idx):
+            logits = (qh[:, s:e] * scale) @ _gather_chunk(kh, sel, e - s).transpose(-2, -1)
+            out[:, s:e] = logits.softmax(dim=-1) @ _gather_chunk(vh, sel, e - s)
+        ctx.save_for_backward(qh, kh, vh, idx, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qh, kh, vh, idx, out = ctx.saved_tensors
+        scale = ctx.scale
+        h, _, n, d = kh.shape
+        dq, dk, dv = torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+        for s, e, sel in _chunks(qh, kh, vh, idx):
+            ks, vs = _gather_chunk(kh, sel, e - s), _gather_chunk(vh, sel, e - s)
+            qs, do = qh[:, s:e], dout[:, s:e]
+            p = ((qs * scale) @ ks.transpose(-2, -1)).softmax(dim=-1)  # [h, c, n, topk·n]
+            dv.index_add_(1, sel, (p.transpose(-2, -1) @ do).view(h, -1, n, vh.shape[3]))
+            ds = (do @ vs.transpose(-2, -1)).sub_((do * out[:, s:e]).sum(-1, keepdim=True)).mul_(p)
+            dq[:, s:e] = ds @ ks
+            dk.index_add_(1, sel, (ds.transpose(-2, -1) @ qs).view(h, -1, n, d), alpha=scale)
+        dq.mul_(scale)
+        return dq, dk, dv, None, None
 
 
 def _to_regions_head_major(x: torch.Tensor, num_regions) -> torch.Tensor:
