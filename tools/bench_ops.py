@@ -192,12 +192,17 @@ def _peak_cpu_mib(fn: Callable, backward: bool) -> float | None:
 
 
 def dispatch_overhead(calls: int = 2000, repeats: int = 15) -> dict:
-    """Microseconds per call of ``F.linear``, ``zoo.ops.linear`` (default path) and ``zoo.ops.linear`` forced onto
-    the reference path, on a 1x1 linear (``x [1, 1]``, ``weight [1, 1]``, ``bias [1]``) under ``no_grad``: the
-    median over ``repeats`` blocks of ``calls`` calls, the three interleaved block by block."""
+    """Microseconds per call of a 1x1 linear (``x [1, 1]``, ``weight [1, 1]``, ``bias [1]``) under ``no_grad``:
+    ``F.linear``, ``zoo.ops.linear`` (default path, and forced onto the reference: the same F.linear underneath,
+    so the difference is the dispatch alone), and the modules ``nn.Linear`` and ``zoo.layers.Linear`` (eval mode,
+    the same weights). The median over ``repeats`` blocks of ``calls`` calls, all interleaved block by block."""
     import torch.nn.functional as F
 
+    from zoo.layers import Linear
+
     x, w, b = torch.randn(1, 1), torch.randn(1, 1), torch.randn(1)
+    plain, zoo_fc = torch.nn.Linear(1, 1).eval(), Linear(1, 1).eval()
+    zoo_fc.load_state_dict(plain.state_dict())
 
     def forced_reference():
         with ops.use_backend("reference"):
@@ -208,6 +213,8 @@ def dispatch_overhead(calls: int = 2000, repeats: int = 15) -> dict:
         "F.linear": lambda: [F.linear(x, w, b) for _ in range(calls)],
         "zoo.ops.linear": lambda: [ops.linear(x, w, b) for _ in range(calls)],
         "zoo.ops.linear (reference forced)": forced_reference,
+        "nn.Linear module": lambda: [plain(x) for _ in range(calls)],
+        "zoo.layers.Linear module": lambda: [zoo_fc(x) for _ in range(calls)],
     }
     times: dict[str, list[float]] = {name: [] for name in loops}
     with torch.no_grad():
@@ -220,8 +227,10 @@ def dispatch_overhead(calls: int = 2000, repeats: int = 15) -> dict:
                 times[name].append((time.perf_counter() - t0) / calls * 1e6)
         ops.linear(x, w, b)
     us = {name: statistics.median(t) for name, t in times.items()}
+    base = {name: us["nn.Linear module"] if "module" in name else us["F.linear"] for name in us}
     return {"us_per_call": us, "path": ops.last_path("linear"), "calls": calls, "repeats": repeats,
-            "ratio": {name: t / us["F.linear"] for name, t in us.items()}}
+            "ratio": {name: t / base[name] for name, t in us.items()},
+            "baseline": {name: "nn.Linear" if "module" in name else "F.linear" for name in us}}
 
 
 def markdown(result: dict) -> str:
@@ -266,8 +275,10 @@ def main(argv: list[str] | None = None) -> None:
         lines = [f"## dispatch overhead, cpu ({platform.processor() or platform.machine()}, "
                  f"{torch.get_num_threads()} thread(s)), torch {torch.__version__}", "",
                  f"1x1 linear under no_grad, median of {res['repeats']} interleaved blocks of {res['calls']} calls; "
-                 f"default path: {res['path']}.", "", "| call | us/call | x F.linear |", "|---|---:|---:|"]
-        lines += [f"| {name} | {us:.2f} | {res['ratio'][name]:.2f} |" for name, us in res["us_per_call"].items()]
+                 f"default path: {res['path']}.", "", "| call | us/call | x baseline | baseline |",
+                 "|---|---:|---:|---|"]
+        lines += [f"| {name} | {us:.2f} | {res['ratio'][name]:.2f} | {res['baseline'][name]} |"
+                  for name, us in res["us_per_call"].items()]
         print("\n".join(lines))
         if args.md:
             with Path(args.md).open("a") as f:

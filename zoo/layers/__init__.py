@@ -12,6 +12,7 @@ from .downsample import ConvBNDownsample, ConvDownsampler, PatchEmbedDownsample,
 from .drop import DropPath, LayerScale, drop_path
 from .dynamic_pos_bias import DynamicPosBias
 from .embed import ConvBNStem, ConvTokenizer, PatchEmbed
+from .linear import Linear
 from .mbconv import MaxViTStem, MBConv, PoolShortcut, SqueezeExcite, make_divisible
 from .mlp import Mlp, gelu_tanh, get_act_layer
 from .neighborhood import NeighborhoodAttention1D, NeighborhoodAttention2D
@@ -29,4 +30,4 @@ __all__ += ["RelPosBias", "resize_rel_pos_bias_table", "resize_rel_pos_bias_tabl
 __all__ += ["ConvBNStem", "ConvTokenizer", "PatchEmbed", "AbsPosEmbed", "resample_abs_pos_embed"]
 __all__ += ["ConvBNDownsample", "ConvDownsampler", "PatchEmbedDownsample", "PatchMerging"]
 __all__ += ["AttentionLePE", "BiLevelRoutingAttention", "DWConvPos", "LePE"]
-__all__ += ["NeighborhoodAttention1D", "NeighborhoodAttention2D"]
+__all__ += ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "Linear"]

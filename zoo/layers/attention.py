@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .mlp import linear_act
+from .linear import Linear
 
 
 class TokenAttention(nn.Module):
@@ -21,14 +21,14 @@ class TokenAttention(nn.Module):
             raise ValueError(f"TokenAttention: num_heads={num_heads} must divide dim={dim}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
-        self.proj = nn.Linear(dim, dim, **dd)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.proj = Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = linear_act(self.qkv, x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = ops.attention(q, k, v, None, scale=self.head_dim**-0.5)
-        return self.proj_drop(linear_act(self.proj, out.transpose(1, 2).reshape(B, N, C)))
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 

@@ -14,9 +14,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module
 
 from .. import ops
-from .mlp import _hooked, activation_name, get_act_layer, run_modules
+from .mlp import activation_name, get_act_layer, run_modules
 
 _PADDINGS = ("same", "symmetric", "valid")
 
@@ -163,6 +164,14 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(super().forward(x))
+
+
+def _hooked(*modules: nn.Module | None) -> bool:
+    """Whether a forward hook would be skipped by fusing these sibling modules into one op call (a conv and the
+    BatchNorm after it belong to their parent, so the fused call cannot run as either module)."""
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return True
+    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)
 
 
 def _plain_conv(conv: nn.Module) -> bool:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .conv import conv_norm_act
 from .embed import PatchEmbed, _Seq
-from .mlp import linear_act
+from .linear import Linear
 
 
 def _check_map(name: str, x: torch.Tensor, dim: int) -> None:
@@ -116,7 +116,7 @@ class PatchMerging(nn.Module):
         self.dim = dim
         self.out_dim = out_dim = out_dim or 2 * dim
         self.norm = norm_layer(4 * dim, **dd)
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False, **dd)
+        self.reduction = Linear(4 * dim, out_dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map("PatchMerging", x, self.dim)
@@ -126,7 +126,7 @@ class PatchMerging(nn.Module):
         x = F.pad(x, (0, 0, 0, 2 * w2 - W, 0, 2 * h2 - H))
         # [B, h2, dh, w2, dw, C] -> [B, h2, w2, dw, dh, C]: channel block 2·dw + dh = x0, x1, x2, x3
         x = x.reshape(B, h2, 2, w2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, h2, w2, 4 * C)
-        return linear_act(self.reduction, self.norm(x))
+        return self.reduction(self.norm(x))
 
 
 class PatchEmbedDownsample(PatchEmbed):

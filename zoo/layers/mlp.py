@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _module
 
-from .. import ops
+from .linear import Linear
 
 
 def gelu_tanh() -> nn.Module:
@@ -46,14 +45,8 @@ def activation_name(act: nn.Module | None) -> str | None:
     return {nn.SiLU: "silu", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}.get(kind)
 
 
-def _hooked(*modules: nn.Module | None) -> bool:
-    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
-        return True
-    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)
-
-
 def run_modules(x: torch.Tensor, *modules: nn.Module | None) -> torch.Tensor:
-    """Apply ``modules`` in turn, skipping None: the unfused fallback of the fused calls below."""
+    """Apply ``modules`` in turn, skipping None."""
     for m in modules:
         if m is not None:
             x = m(x)
@@ -61,18 +54,23 @@ def run_modules(x: torch.Tensor, *modules: nn.Module | None) -> torch.Tensor:
 
 
 def linear_act(fc: nn.Module, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
-    """``act(fc(x))`` through :func:`zoo.ops.linear` (one fused call where a fast path exists, e.g. oneDNN
-    for CPU inference) when ``fc`` is a plain ``nn.Linear`` and ``act`` a plain activation, none of them
-    hooked; otherwise the modules are called as they are (a LoRA/quantized replacement of ``fc``, forward
-    hooks and custom activations behave exactly as with ``act(fc(x))``)."""
-    name = activation_name(act)
-    if type(fc) is nn.Linear and name is not None and not _hooked(fc, act):
-        return ops.linear(x, fc.weight, fc.bias, act=name)
-    return run_modules(x, fc, act)
+    """``act(fc(x))``, in one call when ``fc`` is exactly a :class:`zoo.layers.Linear` and ``act`` a plain
+    activation (``fc(x, act=name)``: a fused path where one exists, e.g. oneDNN for CPU inference). ``fc`` is
+    always called as a module, so its hooks fire; any other ``fc`` (an ``nn.Linear``, a LoRA-style replacement)
+    and any other activation run as ``act(fc(x))``."""
+    if type(fc) is Linear:
+        name = activation_name(act)
+        if name is not None:
+            return fc(x, act=name)
+    y = fc(x)
+    return y if act is None else act(y)
 
 
 class Mlp(nn.Module):
-    """Two-layer MLP on the last dim: ``[..., C] -> [..., C_out]`` (``fc1 → act → drop → fc2 → drop``)."""
+    """Two-layer MLP on the last dim: ``[..., C] -> [..., C_out]`` (``fc1 → act → drop → fc2 → drop``).
+
+    ``fc1``/``fc2`` are :class:`zoo.layers.Linear`; ``act`` is fused into ``fc1``'s call (:func:`linear_act`)
+    while ``fc1`` is exactly that class and ``act`` a plain activation."""
 
     def __init__(
         self,
@@ -89,12 +87,12 @@ class Mlp(nn.Module):
         dd = {"device": device, "dtype": dtype}
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias, **dd)
+        self.fc1 = Linear(in_features, hidden_features, bias=bias, **dd)
         self.act = get_act_layer(act_layer)()
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, **dd)
+        self.fc2 = Linear(hidden_features, out_features, bias=bias, **dd)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop1(linear_act(self.fc1, x, self.act))
-        return self.drop2(linear_act(self.fc2, x))
+        return self.drop2(self.fc2(x))

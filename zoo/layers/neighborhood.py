@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .mlp import linear_act
+from .linear import Linear
 
 
 def _shortfall(window: int, n):
@@ -65,13 +65,13 @@ class _NeighborhoodAttention(nn.Module):
         self.kernel_size = kernel_size
         self.dilation = dilation
         self.window_size = kernel_size * dilation
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias, **dd)
         if rel_pos_bias:
             self.rpb = nn.Parameter(torch.zeros((num_heads,) + (2 * kernel_size - 1,) * self.ndim, **dd))
         else:
             self.register_parameter("rpb", None)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj = Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self.reset_parameters()
 
@@ -83,7 +83,7 @@ class _NeighborhoodAttention(nn.Module):
         """``x: [B, *spatial, C]`` (each axis >= window_size) → attention output before ``proj``."""
         B, *spatial, C = x.shape
         N = spatial[0] * spatial[1] if len(spatial) == 2 else spatial[0]  # explicit: a -1 is ambiguous at B = 0
-        qkv = linear_act(self.qkv, x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = (t.reshape(B, self.num_heads, *spatial, self.head_dim) for t in qkv.unbind(0))
         fn = ops.neighborhood_attention2d if self.ndim == 2 else ops.neighborhood_attention1d
         p = self.attn_drop.p if self.training else 0.0
@@ -119,7 +119,7 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
         x = self._attend(x)
         if padded:
             x = x[:, :H, :W]
-        return self.proj_drop(linear_act(self.proj, x))
+        return self.proj_drop(self.proj(x))
 
 
 class NeighborhoodAttention1D(_NeighborhoodAttention):
@@ -142,4 +142,4 @@ class NeighborhoodAttention1D(_NeighborhoodAttention):
         x = self._attend(x)
         if padded:
             x = x[:, :L]
-        return self.proj_drop(linear_act(self.proj, x))
+        return self.proj_drop(self.proj(x))

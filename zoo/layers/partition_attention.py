@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .mlp import linear_act
+from .linear import Linear
 
 _PARTITIONS = ("window", "grid", "interval", "dilated", "global")
 
@@ -96,11 +96,11 @@ class PartitionAttention(nn.Module):
         self.mask_padding = mask_padding
         self.shift = shift
         inner = num_heads * dim_head
-        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias, **dd)
+        self.qkv = Linear(dim, 3 * inner, bias=qkv_bias, **dd)
         self.pos_bias_name = pos_bias_name
         if pos_bias is not None:
             self.add_module(pos_bias_name, pos_bias)
-        self.proj = nn.Linear(inner, dim, bias=proj_bias, **dd)
+        self.proj = Linear(inner, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     @property
@@ -199,7 +199,7 @@ class PartitionAttention(nn.Module):
             x = ops.roll_map(x, -shift)
         groups, group = self._split(x, partition, size, interval)
         Bg, N, _ = groups.shape
-        qkv = linear_act(self.qkv, groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(groups).reshape(Bg, N, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = None
         if self.pos_bias is not None:
@@ -218,7 +218,7 @@ class PartitionAttention(nn.Module):
             bias = mask if bias is None else bias + mask
         out = ops.attention(q, k, v, bias, scale=self.scale)  # [Bg, heads, N, d]
         out = out.transpose(1, 2).reshape(Bg, N, self.num_heads * self.dim_head)
-        out = self.proj_drop(linear_act(self.proj, out))
+        out = self.proj_drop(self.proj(out))
         out = self._join(out, group, (Hp, Wp), partition, interval)
         if shifted:
             out = ops.roll_map(out, shift)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .mlp import linear_act
+from .linear import Linear
 
 
 class DWConvPos(nn.Conv2d):
@@ -135,9 +135,9 @@ class BiLevelRoutingAttention(nn.Module):
         self.scale = qk_scale or qk_dim**-0.5
         self.lepe_on = lepe_on
         self.proj_name = proj_name
-        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=qkv_bias, **dd)
+        self.qkv = Linear(dim, 2 * qk_dim + dim, bias=qkv_bias, **dd)
         self.lepe = LePE(dim, side_dwconv, **dd) if side_dwconv else None
-        self.add_module(proj_name, nn.Linear(dim, dim, **dd))
+        self.add_module(proj_name, Linear(dim, dim, **dd))
 
     @property
     def dense(self) -> bool:
@@ -159,7 +159,7 @@ class BiLevelRoutingAttention(nn.Module):
         B, H, W, _ = x.shape
         x, pad = ops.pad_to_multiple(x, self.n_win)
         Hp, Wp = x.shape[1], x.shape[2]
-        q, k, v = linear_act(self.qkv, x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
         h = self.num_heads
         if self.dense:
             qh, kh, vh = (t.reshape(B, Hp * Wp, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))
@@ -174,7 +174,7 @@ class BiLevelRoutingAttention(nn.Module):
             out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, self.dim)
         if self.lepe is not None:
             out = out + self.lepe(v if self.lepe_on == "v" else x)
-        out = linear_act(getattr(self, self.proj_name), out)
+        out = getattr(self, self.proj_name)(out)
         padded = ops.is_tracing() or pad[0] or pad[1]  # tracing: pad_to_multiple always pads, so always crop
         return out[:, :H, :W].contiguous() if padded else out
 

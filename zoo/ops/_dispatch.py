@@ -103,6 +103,8 @@ def _always(*args, **kwargs) -> list[str]:
 
 
 _REGISTRY: dict[str, dict[str, Impl]] = {}
+# Bumped by register() and refresh(): a decision a module keeps (zoo.layers.Linear) is valid while it is unchanged.
+generation = 0
 # op -> sample(device, dtype, backend) -> the positional args of a small call, for the self-check
 _SAMPLES: dict[str, Callable[[torch.device, torch.dtype, str], tuple]] = {}
 
@@ -114,8 +116,10 @@ def register(op: str, backend: str, supports: Callable[..., list[str]] = _always
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
     def deco(fn: Callable) -> Callable:
+        global generation
         _REGISTRY.setdefault(op, {})[backend] = Impl(backend, fn, supports)
         _DECISIONS.clear()
+        generation += 1
         return fn
 
     return deco
@@ -147,9 +151,10 @@ def refresh() -> None:
     Needed after changing the environment, a threshold constant of an op or ``zoo/ops/validated.json`` while
     the process runs (tests do); a normal run never needs it.
     """
-    global _validated
+    global _validated, generation
     _read_env()
     _validated = None
+    generation += 1
     _DECISIONS.clear()
     _SELF_CHECKED.clear()
     _last.clear()
@@ -388,15 +393,31 @@ def select(op: str, device: torch.device, dtype: torch.dtype, signature_of: Call
     else:
         if signature_of is not None:
             signature.update(signature_of())
-        key = (op, device, dtype, forced, strict, *signature.items())
-        d = _DECISIONS.get(key)
-        if d is None:
-            d = decide(op, device, dtype, forced, strict, **signature)
-            if len(_DECISIONS) >= _DECISIONS_MAX:
-                _DECISIONS.clear()
-            _DECISIONS[key] = d
+        return decision(op, device, dtype, forced, strict, **signature).impl
     _last[op] = d
     return d.impl
+
+
+def forced_now() -> tuple[str | None, bool]:
+    """``(backend, strict)`` forced for the calls made now: by :func:`use_backend`, else by ``ZOO_BACKEND``."""
+    f = _forced.get()
+    return f if f is not None else _env_forced
+
+
+def decision(op: str, device: torch.device, dtype: torch.dtype, forced: str | None, strict: bool,
+             **signature) -> Decision:
+    """The cached eager :class:`Decision` of ``op`` for a call with this ``signature``, with ``forced, strict``
+    from :func:`forced_now` (no graph capture may be under way: :func:`select` checks that), remembered for
+    :func:`last_path`."""
+    key = (op, device, dtype, forced, strict, *signature.items())
+    d = _DECISIONS.get(key)
+    if d is None:
+        d = decide(op, device, dtype, forced, strict, **signature)
+        if len(_DECISIONS) >= _DECISIONS_MAX:
+            _DECISIONS.clear()
+        _DECISIONS[key] = d
+    _last[op] = d
+    return d
 
 
 def last_path(op: str) -> str | None:

@@ -29,7 +29,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import forced_backend, register, select
+from . import _dispatch
+from ._dispatch import Decision, decision, forced_backend, forced_now, register, select
 from ._dispatch import needs_grad as _needs_grad
 from .sizes import is_capturing, pair
 
@@ -161,20 +162,54 @@ def linear(
     ``[..., C_out]``."""
     if act not in _ONEDNN_POST_OP:
         raise ValueError(f"linear: unknown activation {act!r}; choose one of {ACTIVATIONS}")
+    if is_capturing():  # sizes must not be read into the key there (see select)
+        _check_features(x, weight)
+        return select("linear", x.device, x.dtype).fn(x, weight, bias, act)
+    if x.numel() * weight.size(0) < ONEDNN_MIN_MACS:  # here the dispatch's cost is what matters: no frame spared
+        key = (x.device, x.dtype, _dispatch._forced.get(), _dispatch.generation)
+        d = _SMALL_LINEAR.get(key)
+        if d is not None:
+            _dispatch._last["linear"] = d
+            try:
+                y = F.linear(x, weight, bias)
+            except RuntimeError:  # the same check as below, only when F.linear refused
+                _check_features(x, weight)
+                raise
+            return y if act == "none" else activation(y, act)
+        _check_features(x, weight)
+        d, stable = linear_decision(x, weight, bias)
+        if stable and d.impl.backend == "reference":  # oneDNN refuses small linears it is not forced onto
+            if len(_SMALL_LINEAR) >= 64:
+                _SMALL_LINEAR.clear()
+            _SMALL_LINEAR[key] = d
+        return d.impl.fn(x, weight, bias, act)
+    _check_features(x, weight)
+    return linear_decision(x, weight, bias)[0].impl.fn(x, weight, bias, act)
+
+
+def _check_features(x: torch.Tensor, weight: torch.Tensor) -> None:
     if x.shape[-1] != weight.shape[-1]:
         raise ValueError(
             f"linear: input has {x.shape[-1]} features (shape {tuple(x.shape)}), weight expects "
             f"{weight.shape[-1]} (weight {tuple(weight.shape)})"
         )
-    impl = select("linear", x.device, x.dtype, lambda: _linear_signature(x, weight, bias))
-    return impl.fn(x, weight, bias, act)
 
 
-def _linear_signature(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> dict:
+# (device, dtype, use_backend's value, dispatcher generation) -> the Decision of linears below ONEDNN_MIN_MACS
+_SMALL_LINEAR: dict[tuple, Decision] = {}
+
+
+def linear_decision(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[Decision, bool]:
+    """The eager decision for ``linear(x, weight, bias)`` (cached, remembered for ``last_path``) and whether it
+    holds for every later call with the same input shape, device and dtype while the forced backend and the
+    dispatcher's generation are unchanged (True for linears below ``ONEDNN_MIN_MACS``, which take the reference
+    whatever else holds; a larger one also depends on autocast, the oneDNN switch and ``requires_grad``)."""
+    forced, strict = forced_now()
     small = x.numel() * weight.shape[0] < ONEDNN_MIN_MACS
-    if small and forced_backend() != "onednn":  # oneDNN refuses whatever else holds: one cheap key
-        return {"small": True}
-    return {"small": small, **_signature(x.dtype, (x, weight, bias))}
+    if small and forced != "onednn":  # oneDNN refuses whatever else holds: one cheap key
+        return decision("linear", x.device, x.dtype, forced, strict, small=True), True
+    sig = _signature(x.dtype, (x, weight, bias))
+    return decision("linear", x.device, x.dtype, forced, strict, small=small, **sig), False
 
 
 # ----------------------------------------------------------------------------------------------- conv2d

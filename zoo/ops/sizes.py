@@ -105,7 +105,12 @@ def is_capturing() -> bool:
     # is_compiling first: true under torch.export too, so dynamo never traces the checks behind it. Written out
     # (not is_tracing()) because the ops ask on every call: each Python frame saved is ~5% of a tiny op's cost.
     # No torch.jit.is_scripting(): it is True only inside TorchScript-compiled code, never in this Python function.
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or _in_onnx_export() or torch.compiler.is_exporting()
+    # torch._C._is_tracing is what torch.jit.is_tracing() returns outside TorchScript code, without its frame;
+    # the ONNX flags are read here once found (_in_onnx_export finds them).
+    if torch.compiler.is_compiling() or torch._C._is_tracing() or torch.compiler.is_exporting():
+        return True
+    flags = _onnx_flags
+    return flags[0].in_onnx_export or flags[1]._is_onnx_exporting if flags else _in_onnx_export()
 
 
 class DynamicSizeExportError(NotImplementedError):
