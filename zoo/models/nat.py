@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.models import generate_default_cfgs
+from timm.models import generate_default_cfgs, get_pretrained_cfg, list_pretrained
 from torch import nn
 
 from ..layers import (
@@ -259,16 +259,17 @@ class NAT(Backbone):
     """:class:`~zoo.models.Backbone` of NAT/DiNAT/DiNAT_s. ``set_input_size(img_size)``: NAT has nothing
     size-dependent (its ``rpb`` depends on the kernel only), so only the recorded size changes; DiNAT takes
     the dilations of :func:`dinat_resized` at the new size (what the official 384 px models differ in; no
-    table to resize), and its own table again at the size it was built for."""
+    table to resize), except at the sizes of its variant's official checkpoints, where it takes the
+    variant's own table (``dinat_large_11x11`` keeps 8/4/2 at 224 and 384, as its two checkpoints)."""
 
     def __init__(self, cfg: NetCfg, *args, **kwargs):
         super().__init__(cfg, *args, **kwargs)
-        self._built = (current_input_size(self), cfg)
+        self.dilation_table = ({current_input_size(self)}, cfg)  # (sizes, cfg) where the table holds
 
     def resized_cfg(self, hw: tuple[int, int], window_size: int | tuple[int, int] | None = None) -> NetCfg:
         super().resized_cfg(hw, window_size)  # no window_size
-        built_hw, built_cfg = self._built
-        return built_cfg if hw == built_hw else dinat_resized(self.cfg, hw)
+        sizes, table = self.dilation_table
+        return table if hw in sizes else dinat_resized(self.cfg, hw)
 
     def apply_cfg(self, cfg: NetCfg) -> None:
         for stage, sc in zip(self.stages, cfg.stages):
@@ -379,13 +380,21 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _table_sizes(variant: str) -> set[tuple[int, int]]:
+    """The input sizes of the variant's pretrained tags (224 when it has none): where its table holds."""
+    cfgs = [get_pretrained_cfg(t) for t in list_pretrained(f"{variant}.*")]
+    return {tuple(c.input_size[-2:]) for c in cfgs if c is not None and c.input_size} or {(224, 224)}
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    # DiNAT's dilations follow the size (dinat_resized) away from the variant's own training size
-    cfg, default = nat_cfg(**VARIANTS[variant]), tag_input_size(variant, {})
+    # DiNAT's dilations follow the size (dinat_resized) away from the sizes of the variant's checkpoints
+    table, sizes = nat_cfg(**VARIANTS[variant]), _table_sizes(variant)
     kwargs["img_size"] = input_hw(variant, tag_input_size(variant, kwargs))
-    if kwargs["img_size"] != default:
-        cfg = dinat_resized(cfg, kwargs["img_size"])
-    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=NAT, **kwargs)
+    cfg = table if kwargs["img_size"] in sizes else dinat_resized(table, kwargs["img_size"])
+    model = build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=NAT, **kwargs)
+    if isinstance(model, NAT):
+        model.dilation_table = (sizes, table)
+    return model
 
 
 FAMILY.register_models(__name__, _create, {
