@@ -32,6 +32,37 @@ the zoo layout. Sources, licenses, converters and checksums: `weights/manifest.j
 hold the same weights as timm's `maxvit_*_tf_*`; use timm's names for timm's implementation and the zoo's for the
 zoo's faster paths and its any-size inputs.
 
+## Input sizes: `set_input_size()` and `dynamic_img_size`
+
+Every model takes any input of at least 32 px: blocks pad and crop to their windows and regions, and position
+terms that depend on the resolution are resized at run time. So timm's `dynamic_img_size` is always on, and no
+model needs the argument. `timm.create_model(name, img_size=S)` and `model.set_input_size(img_size=S)`
+make S the model's size. The size is recorded where timm reads it: `pretrained_cfg["input_size"]` (so
+`resolve_model_data_config` and timm's scripts use S) and timm's model traits. Some families' official
+higher-resolution models change a setting that depends on the size. Those families change that setting too,
+and resize the learned tables the way the converter resizes 224 px weights loaded into a model built at S.
+Besides the recorded size, `set_input_size(img_size=S)` changes:
+
+- MaxViT: window = grid = S // 32 (12 at 384, 16 at 512, as the official models), every bias table resized
+  (timm's geometric resize); `window_size=` sets another window = grid.
+- Agent-Swin (S square): agent biases resized to the stage maps S/4 ... S/32; the Swin blocks' window
+  max(7, S // 32) (9 at 288, 12 at 384, as the official models), their tables resized (bicubic).
+- Agent-PVT (S square): each stage's `pos_embed` and agent biases resized to its map; the outputs at S do not
+  change (up to rounding).
+- Agent-DeiT (S square): `pos_embed` (bilinear) and the agent biases resized to the S/16 grid; the outputs at S
+  do not change (up to rounding).
+- DiNAT, DiNAT_s: the dilations, max(1, map // kernel) in odd blocks and 1 in even ones (8/4/2/1 at 224,
+  13/6/3/1 at 384, as the official 384 px models); at the sizes of its checkpoints a variant keeps its own table.
+- NAT, BiFormer, CrossFormer, the hybrid: nothing; the size is only recorded (NAT's `rpb` depends on the
+  kernel, BiFormer's 7×7 regions grow with the map, CrossFormer's position bias is an MLP of the offsets).
+
+State dict keys never change (only the resized tables change shape). Calling at the current size changes
+nothing, and frozen parameters stay frozen. A size below 32 px, not made of ints, or (Agent) not square raises
+a ValueError and leaves the model as it was. A model resized to 384 gives the same outputs as one built at 384
+that loads the same weights through the converter (`tests/models/test_set_input_size.py`).
+
+## The models
+
 """
 FAMILY_NAMES = {
     "maxvit": "MaxViT",

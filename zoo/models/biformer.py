@@ -14,6 +14,8 @@ Sizes: ``n_win`` is the number of regions per side (7), so regions grow with the
 224²). The released classifiers assert that each map divides by ``n_win`` (``auto_pad=False``: 224, 448...);
 the zoo pads at the bottom/right and crops, as the official ``auto_pad=True`` (detection/segmentation) code
 does, so any input ≥ 32 px works. At sizes the official classifier accepts, nothing is padded and the two agree.
+Nothing depends on the size (``n_win`` regions grow with the map, LePE is a convolution), so
+``set_input_size(img_size)`` only records the size (``pretrained_cfg['input_size']``, timm's traits).
 
 Official code: rayleizhu/BiFormer (commit 1697bbb) ``models/biformer.py`` (``BiFormer``, ``Block``,
 ``biformer_{tiny,small,base}``), ``ops/bra_legacy.py`` (BRA), ``models/_common.py`` (``Attention``,

@@ -22,6 +22,8 @@ Official code: cheerss/CrossFormer ``models/crossformer.py`` (main branch, commi
 ``configs/crossformer/*.yaml`` and ``configs/crossformer_pp/*.yaml``. The released CrossFormer-T/S/B/L weights
 were made by the older ``crossformer`` branch, whose LDA uses a stride of ``H / G`` instead of a fixed ``I``;
 both agree at 224×224 (``G·I`` equals the map size in stages 1–3), which is where the weights were trained.
+Nothing depends on the input size (fixed ``G`` and ``I``, the position bias is an MLP of the offsets), so
+``set_input_size(img_size)`` only records the size (``pretrained_cfg['input_size']``, timm's traits).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ local, and BiFormer blocks (:mod:`zoo.models.biformer`, ``"biformer"``) in stage
 attention (top-16 of 7×7 regions) in stage 3 and dense attention with LePE in stage 4.
 
 These are zoo designs with no published weights: their pretrained cfgs have no ``url`` (``pretrained=True``
-has nothing to load) and train from scratch with the recipes.
+has nothing to load) and train from scratch with the recipes. Nothing in them depends on the input size (NAT's
+``rpb`` depends on the kernel, BiFormer's regions grow with the map), so ``set_input_size(img_size)`` only
+records the size.
 """
 
 from __future__ import annotations
