@@ -71,11 +71,13 @@ class Runner:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
         self.fn = torch.compile(self.model) if compile_ else self.model
-        self.times: dict[str, list[float]] = {}
-        self.peak: dict[str, int | None] = {}
+        self.build_name = model.pretrained_cfg["architecture"]
+        self.dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
+        self.size_hw: tuple[int, int] | None = None  # a non-square input (child measurements)
 
     def _input(self, batch, size):
-        x = torch.randn(batch, 3, size, size, device=self.device, dtype=self.dtype)
+        H, W = self.size_hw or (size, size)
+        x = torch.randn(batch, 3, H, W, device=self.device, dtype=self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def step(self, kind: str, batch: int, size: int) -> float:
@@ -100,11 +102,66 @@ class Runner:
         return time.perf_counter() - t0
 
     def peak_memory(self, kind: str, batch: int, size: int) -> int | None:
-        """Peak bytes of tensor memory one step allocates (:func:`zoo.profile.peak_memory`: the CUDA allocator's
-        peak; on CPU the profiler's allocation events of that step only, so an earlier, larger model in the
-        same process cannot hide it, as a process-wide peak resident set did)."""
-        gc.collect()
-        return peak_memory(lambda: self.step(kind, batch, size), self.device)
+        """Peak bytes of one step measured in a fresh child process (:func:`measure_in_child`), so an earlier,
+        larger model in this process cannot hide it, as the process-wide peak resident set did."""
+        spec = {"model": self.build_name, "backend": self.backend, "kind": kind, "batch": batch, "size": [size, size],
+                "device": str(self.device), "dtype": self.dtype_name, "channels_last": self.channels_last}
+        return measure_in_child(spec)["peak_bytes"]
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def child_measure(spec: dict) -> dict:
+    """Run in a fresh process: build ``spec['model']``, then run ``spec.get('steps', 1)`` steps of ``spec['kind']``
+    on ``spec['backend']``; the first step's peak is measured. CPU: the peak resident set of the step above the
+    resident set before it (the kernel's high-water mark is reset first through ``/proc/self/clear_refs``); CUDA:
+    the allocator's peak (:func:`zoo.profile.peak_memory`). Returns the peak, the process's peak RSS and the
+    seconds of every step."""
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    if spec.get("routed_chunked_min") is not None:  # the routed op's chunked-form threshold (docs/bench_cpu.md)
+        from zoo.ops import routed
+
+        routed.CHUNKED_MIN_GATHER_ELEMENTS = int(spec["routed_chunked_min"])
+    device, (H, W) = torch.device(spec.get("device", "cpu")), spec["size"]
+    torch.manual_seed(0)
+    r = Runner("child", timm.create_model(spec["model"]), spec.get("backend"), device,
+               DTYPES[spec.get("dtype", "fp32")], spec.get("channels_last", False), False)
+    r.size_hw = (H, W)
+    gc.collect()
+    times, cpu = [], []
+
+    def step():
+        c0 = time.process_time()
+        times.append(r.step(spec["kind"], spec["batch"], H))
+        cpu.append(time.process_time() - c0)
+
+    if device.type == "cuda":
+        peak = peak_memory(step, device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        before = _rss_kb("VmRSS")
+        step()
+        peak = (_rss_kb("VmHWM") - before) * 1024
+    for _ in range(spec.get("steps", 1) - 1):
+        step()
+    rss = _rss_kb("VmHWM") * 1024 if device.type == "cpu" else None
+    return {"peak_bytes": peak, "process_peak_rss_bytes": rss, "seconds": times, "cpu_seconds": cpu}
+
+
+def measure_in_child(spec: dict) -> dict:
+    """:func:`child_measure` in a fresh ``python tools/bench_models.py --child SPEC`` process."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child measurement of {spec} failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _same_weights(zoo_model: torch.nn.Module, timm_name: str) -> torch.nn.Module:
@@ -144,7 +201,7 @@ def _machine(device: torch.device) -> dict:
 
 
 def _settings(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("out", "doc", "resume", "merge")}
+    return {k: v for k, v in vars(args).items() if k not in ("out", "doc", "resume", "merge", "child")}
 
 
 def bench(args, previous: dict | None = None, save=None) -> dict:
@@ -219,7 +276,7 @@ def _bench_model(name: str, args, device: torch.device, dtype: torch.dtype, kind
                     "speedup_of_zoo_default": med / base if r is not runners[0] else 1.0,
                     "peak_mem_mb": (lambda b: None if b is None else round(b / 2**20, 1))(
                         r.peak_memory(kind, batch, args.img_size)),
-                    "peak_mem_method": "allocator events of one step",
+                    "peak_mem_method": "fresh child process: peak RSS of one step above the RSS before it",
                     "params_m": round(params / 1e6, 3), "gmacs": round(macs / 1e9, 3),
                     "paths": ops.explain() if r.backend is None and device.type == "cuda" else None,
                 }
@@ -277,15 +334,15 @@ def markdown(result: dict) -> str:
         f"{s['warmup']} warm-up. Generated by `python tools/bench_models.py`.{how}",
         "",
         "'x zoo' = how many times faster the zoo default path is than that row (same model, same run). "
-        "'peak MB' = tensor memory one step allocates above the weights and input (CUDA allocator peak; CPU: "
-        "the profiler's allocation events of that step); '—' where a row predates this measurement.",
+        "'peak MB' = memory of one step above the process before it, measured in a fresh child process per row "
+        "(CPU: peak resident set; CUDA: allocator peak); '—' where a row predates this measurement.",
         "",
         "| model | family | runner | kind | batch | img/s | x zoo | params (M) | GMACs | peak MB |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
-        # rows measured before the per-step method (a process-wide peak RSS: mostly 0) are not shown
-        valid = r["peak_mem_mb"] is not None and r.get("peak_mem_method")
+        # rows measured before the child-process method (a process-wide peak RSS: mostly 0) are not shown
+        valid = r["peak_mem_mb"] is not None and str(r.get("peak_mem_method")).startswith("fresh child")
         mem = f"{r['peak_mem_mb']:.0f}" if valid else "—"
         lines.append(
             f"| `{r['model']}` | {r['family']} | {r['runner']} | {r['kind']} | {r['batch']} | {r['img_per_s']:.1f} | "
@@ -346,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep the models already in --out (same settings)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="measure nothing: merge these results (disjoint models, same settings) into --out/--doc")
+    parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)  # JSON: see child_measure
     args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child_measure(json.loads(args.child))))
+        return 0
     if args.merge:
         try:
             result = merge([json.loads(Path(p).read_text()) for p in args.merge])

@@ -57,3 +57,24 @@ def test_bench_models_merge_parts(tmp_path, load_tool):
     b.write_text(json.dumps(part_b))
     assert tool.main(["--merge", str(a), str(b), "--out", str(out)]) == 2  # other settings
     assert json.loads(out.read_text()) == merged  # a refused merge writes nothing
+
+
+def test_bench_models_peaks_are_per_model_in_fresh_processes(tmp_path, load_tool):
+    """A small model measured after a larger one gets its own peak (each row's step runs in a fresh child
+    process), the same as when it is measured alone; the larger model's peak is larger."""
+    tool = load_tool("bench_models")
+
+    def peaks(models, name):
+        out = tmp_path / f"{name}.json"
+        args = ["--models", models, "--batch", "1", "--img-size", "64", "--repeats", "1", "--warmup", "1",
+                "--no-context", "--no-reference", "--threads", "1", "--out", str(out), "--doc", str(tmp_path / name)]
+        assert tool.main(args) == 0
+        return {r["model"]: r["peak_mem_mb"] for r in json.loads(out.read_text())["rows"]}
+
+    both = peaks("biformer_small,nat_nano", "both")  # the larger model first
+    alone = peaks("nat_nano", "alone")
+    assert both["biformer_small"] > both["nat_nano"] > 0, both
+    assert abs(both["nat_nano"] - alone["nat_nano"]) <= 0.25 * alone["nat_nano"] + 2, (both, alone)
+    spec = {"model": "nat_nano", "backend": None, "kind": "infer", "batch": 1, "size": [64, 96], "threads": 1}
+    res = tool.measure_in_child(spec)  # non-square input, as the routed-attention figures of docs/bench_cpu.md
+    assert res["peak_bytes"] > 0 and res["process_peak_rss_bytes"] > res["peak_bytes"] and len(res["seconds"]) == 1
