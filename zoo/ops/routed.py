@@ -185,7 +185,9 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
 # CPU training: the sdpa path runs the chunked form (:class:`_ChunkedRouted`) when the gathered keys and
 # values of a call would hold at least this many elements (heads·B·R·topk·n·(d + dv)); below it, autograd
 # through the explicit product over the whole gather. Chunks hold about CHUNK_ELEMENTS gathered elements.
-CHUNKED_MIN_GATHER_ELEMENTS = 0
+# 2^21: every routed stage of BiFormer-S at 512x608 (2.6M-12M) is above it, where the chunked form measured
+# 0.46x the peak at the same CPU time (docs/bench_cpu.md); at 224 px every stage is below it (unmeasured there).
+CHUNKED_MIN_GATHER_ELEMENTS = 1 << 21
 CHUNK_ELEMENTS = 1 << 20
 
 
