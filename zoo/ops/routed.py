@@ -23,7 +23,11 @@ Paths (all take the same routing indices, so they agree wherever the routing doe
   times the arithmetic but avoids ``B·R`` tiny per-region problems, and was faster at BiFormer-T stage 3
   (14², 4-token regions, topk 16). Larger regions → the gather form with the fused SDPA kernel per
   region (the mask form was 4-25× slower there); when gradients are needed on CPU the explicit product
-  replaces the fused kernel, whose backward measured slower on these small per-region problems.
+  replaces the fused kernel, whose backward measured slower on these small per-region problems, and above
+  ``CHUNKED_MIN_GATHER_ELEMENTS`` gathered elements the chunked form (:class:`_ChunkedRouted`) replaces
+  the whole gather: chunks of query regions gather only their routed keys/values, and the backward
+  re-gathers per chunk (BiFormer-S training at 512x608: 0.46x the peak at the same CPU time, docs/bench_cpu.md).
+  It is a form of the ``sdpa`` path, not a backend of its own: a new backend name needs ``_dispatch.py``.
 - ``flex``: FlexAttention with a block mask from the indices. On CUDA (compiled) opt-in until validated
   (``flex`` and ``triton`` run by default only where ``zoo/ops/validated.json`` lists them; docs/dispatch.md); on CPU it
   runs only when forced, eagerly and forward-only (torch has no CPU flex backward; with gradients the
