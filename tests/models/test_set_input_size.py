@@ -80,6 +80,8 @@ def test_create_with_img_size_and_set_input_size_agree(name):
     with torch.device("meta"):
         built = timm.create_model(name, img_size=288)
         resized = timm.create_model(name)
+    # without img_size the size is the tag's and is not saved as a model argument (a recipe's folder keeps its own)
+    assert timm.models.get_model_args(resized).get("img_size") is None
     resized.set_input_size(img_size=288)
     assert resolve_model_data_config(built) == resolve_model_data_config(resized)
     assert resolve_model_data_config(built)["input_size"] == (3, 288, 288)
@@ -164,4 +166,5 @@ def test_dinat_dilation_rule_gives_the_official_tables():
     model.set_input_size(img_size=256)  # no checkpoint at 256: the rule
     assert model.cfg == dinat_resized(nat_cfg(**NAT_VARIANTS["dinat_large_11x11"]), (256, 256))
     tagged = timm.create_model("dinat_large_11x11.official_in22k", device="meta")  # its 224 px checkpoint
-    assert tagged.img_size == (224, 224) and tagged.cfg == nat_cfg(**NAT_VARIANTS["dinat_large_11x11"])
+    assert resolve_model_data_config(tagged)["input_size"] == (3, 224, 224)
+    assert tagged.cfg == nat_cfg(**NAT_VARIANTS["dinat_large_11x11"])

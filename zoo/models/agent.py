@@ -209,25 +209,21 @@ default_cfgs = generate_default_cfgs({
 
 
 def _train_size(variant: str, kwargs: dict) -> int:
-    """The square training resolution the position terms are defined at (:func:`tag_input_size`); pops
-    ``img_size`` (the callers pass it on as the model's recorded size)."""
-    h, w = input_hw(variant, tag_input_size(variant, kwargs), square=True)
-    kwargs.pop("img_size", None)
-    return h
+    """The square training resolution the position terms are defined at (:func:`tag_input_size`). A caller's
+    ``img_size`` stays in ``kwargs``: the model records it as its size (timm's traits, saved model args)."""
+    return input_hw(variant, tag_input_size(variant, kwargs), square=True)[0]
 
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     img_size = _train_size(variant, kwargs)
     cfg = agent_swin_cfg(img_size=img_size, window_size=img_size // 4, **SWIN_VARIANTS[variant])
-    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=AgentSwin,
-                          img_size=img_size, **kwargs)
+    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=AgentSwin, **kwargs)
 
 
 def _create_pvt(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     img_size = _train_size(variant, kwargs)
     cfg = agent_pvt_cfg(img_size=img_size, **PVT_VARIANTS[variant])
-    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=AgentPVT,
-                          img_size=img_size, **kwargs)
+    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=AgentPVT, **kwargs)
 
 
 
@@ -235,10 +231,11 @@ def _create_pvt(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
 def _create_deit(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     img_size = _train_size(variant, kwargs)
     out_indices = kwargs.pop("out_indices", 3)
+    tag_size = {} if img_size == 224 else {"img_size": img_size}  # (224: the class default)
     return build_zoo_model(
         AgentVisionTransformer, variant, pretrained, checkpoint_filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **{**DEIT_VARIANTS[variant], "img_size": img_size, **kwargs},
+        **{**DEIT_VARIANTS[variant], **tag_size, **kwargs},
     )
 
 

@@ -55,7 +55,7 @@ class AgentVisionTransformer(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 224,
+        img_size: int | tuple[int, int] = 224,
         patch_size: int = 16,
         in_chans: int = 3,
         num_classes: int = 1000,
@@ -87,7 +87,7 @@ class AgentVisionTransformer(nn.Module):
         self.num_prefix_tokens = 1
         self.patch_size = patch_size
         self.img_size = input_hw("AgentVisionTransformer", img_size, square=True)
-        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         self.drop_rate = drop_rate
         agent_layers = depth if agent_layers is None else agent_layers
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm_layer=None, pad=True, **dd)

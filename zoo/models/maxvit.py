@@ -455,13 +455,11 @@ default_cfgs = generate_default_cfgs(_tags())
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    # the tag's resolution decides the window, as timm's fixed-size maxvit_*_tf_{224,384,512} models
-    if "img_size" not in kwargs:
-        kwargs["img_size"] = tag_input_size(variant, kwargs)
-    return build_backbone(
-        variant, maxvit_cfg(**VARIANTS[variant]), pretrained, filter_fn=checkpoint_filter_fn, model_cls=MaxViT,
-        **kwargs,
-    )
+    # the tag's resolution (or img_size) decides the window, as timm's fixed-size maxvit_*_tf_{224,384,512};
+    # only a caller's img_size is passed on (recorded as the model's size: timm's traits, saved model args)
+    h, w = input_hw(variant, tag_input_size(variant, kwargs))
+    cfg = _with_window(maxvit_cfg(**VARIANTS[variant]), (h // 32, w // 32))
+    return build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=MaxViT, **kwargs)
 
 
 FAMILY.register_models(__name__, _create, {

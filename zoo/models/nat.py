@@ -389,8 +389,8 @@ def _table_sizes(variant: str) -> set[tuple[int, int]]:
 def _create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     # DiNAT's dilations follow the size (dinat_resized) away from the sizes of the variant's checkpoints
     table, sizes = nat_cfg(**VARIANTS[variant]), _table_sizes(variant)
-    kwargs["img_size"] = input_hw(variant, tag_input_size(variant, kwargs))
-    cfg = table if kwargs["img_size"] in sizes else dinat_resized(table, kwargs["img_size"])
+    hw = input_hw(variant, tag_input_size(variant, kwargs))
+    cfg = table if hw in sizes else dinat_resized(table, hw)
     model = build_backbone(variant, cfg, pretrained, filter_fn=checkpoint_filter_fn, model_cls=NAT, **kwargs)
     if isinstance(model, NAT):
         model.dilation_table = (sizes, table)
