@@ -290,8 +290,8 @@ class Backbone(nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.cfg = cfg
-        # the input size the model is built for (recorded for timm; the model itself takes any size)
-        self.img_size = None if img_size is None else input_hw(type(self).__name__, img_size, cfg.min_input_size)
+        # a caller's input size (recorded for timm; the model itself takes any size): see the img_size property
+        self._img_size = None if img_size is None else input_hw(type(self).__name__, img_size, cfg.min_input_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -341,6 +341,15 @@ class Backbone(nn.Module):
         else:
             raise ValueError(f"unknown head {cfg.head!r}; choose 'classifier' or 'norm_mlp'")
         self.head_hidden_size = self.head.num_features
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        """The input size the model is built for: the caller's ``img_size`` or ``set_input_size``'s, else its
+        pretrained cfg's (the tag's), else 224."""
+        if self._img_size is not None:
+            return self._img_size
+        size = (getattr(self, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
+        return int(size[-2]), int(size[-1])
 
     # ----------------------------------------------------------------------------------------- timm API
     @torch.jit.ignore
@@ -392,7 +401,7 @@ class Backbone(nn.Module):
         if cfg != self.cfg:
             self.apply_cfg(cfg)
             self.cfg = cfg
-        self.img_size = hw
+        self._img_size = hw
         record_input_size(self, hw)
 
     def resized_cfg(self, hw: tuple[int, int], window_size: int | tuple[int, int] | None = None) -> NetCfg:
