@@ -1,4 +1,5 @@
-"""Agent-Swin / Agent-PVT / Agent-DeiT: variant table, forward/backward at odd sizes, features, converter."""
+"""Agent-Swin / Agent-PVT / Agent-DeiT: variant table, blocks, what Agent-DeiT's tokens add, converter. The contract
+every family keeps (any size, features, gradients, timm's model API) is tests/models/test_family_contract.py."""
 
 from __future__ import annotations
 
@@ -160,12 +161,16 @@ def test_shift_mask_matches_official_rule(hw):
 def test_shifted_window_attention_odd_size_and_small_map():
     torch.manual_seed(0)
     attn = A.ShiftedWindowAttention(16, 2, 7, shift=True).eval()
-    x = torch.randn(2, 11, 9, 16)
-    y = attn(x)
-    assert y.shape == x.shape and torch.isfinite(y).all()
-    # a map not larger than the window: one window of min(H, W), no shift (equals the unshifted module)
     plain = A.ShiftedWindowAttention(16, 2, 7, shift=False).eval()
     plain.load_state_dict(attn.state_dict())
+    # an 11x9 map is padded to 14x14 windows and cropped: its first window is that window alone, and the
+    # shifted module's result differs from the plain one
+    x = torch.randn(2, 11, 9, 16)
+    y = plain(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y[:, :7, :7], plain(x[:, :7, :7].contiguous()))
+    assert attn(x).shape == x.shape and not torch.allclose(attn(x), y)
+    # a map not larger than the window: one window of min(H, W), no shift (equals the unshifted module)
     x = torch.randn(1, 7, 7, 16)
     torch.testing.assert_close(attn(x), plain(x))
     # on a 14x14 map (two windows per side) the shift changes the result
@@ -174,60 +179,29 @@ def test_shifted_window_attention_odd_size_and_small_map():
 
 
 # ----------------------------------------------------------------------------------------------- forward
-def test_swin_nano_forward_backward_odd_size():
+def test_agent_biases_are_trained():
+    """The agent biases reach the logits: a training step gives them a non-zero gradient."""
     torch.manual_seed(0)
     m = timm.create_model("agent_swin_nano", num_classes=5)
-    x = torch.randn(1, 3, 97, 131)
-    y = m(x)
-    assert y.shape == (1, 5) and torch.isfinite(y).all()
-    y.sum().backward()
-    missing = [n for n, p in m.named_parameters() if p.grad is None]
-    assert not missing
-    assert m.stages[0].blocks[0].attn.an_bias.grad.abs().sum() > 0
+    m(torch.randn(1, 3, 45, 67)).logsumexp(-1).sum().backward()
+    attn = m.stages[0].blocks[0].attn
+    assert all(b.grad.abs().sum() > 0 for b in (attn.an_bias, attn.na_bias, attn.ah_bias, attn.wa_bias))
 
 
-def test_pvt_and_deit_forward_odd_size():
-    torch.manual_seed(0)
-    for name in ("agent_pvt_t", "agent_deit_t"):
-        m = timm.create_model(name, num_classes=3).eval()
-        with torch.no_grad():
-            y = m(torch.randn(1, 3, 67, 45))
-        assert y.shape == (1, 3) and torch.isfinite(y).all(), name
-
-
-def test_features_only():
-    m = timm.create_model("agent_swin_nano", features_only=True)
-    assert m.feature_info.reduction() == [4, 8, 16, 32]
-    assert m.feature_info.channels() == [48, 96, 192, 384]
-    feats = m(torch.randn(1, 3, 64, 96))
-    assert [tuple(f.shape) for f in feats] == [(1, 48, 16, 24), (1, 96, 8, 12), (1, 192, 4, 6), (1, 384, 2, 3)]
-    with torch.device("meta"):
-        p = timm.create_model("agent_pvt_t", features_only=True)
-    assert p.feature_info.reduction() == [4, 8, 16, 32] and p.feature_info.channels() == [64, 128, 320, 512]
-
-
-def test_deit_api():
-    m = timm.create_model("agent_deit_t", num_classes=4).eval()
+def test_deit_tokens_and_pooling():
+    """Agent-DeiT's features are tokens (class token first); ``global_pool='token'`` takes the class token,
+    ``'avg'`` the mean of the patch tokens; position embedding and class token are not decayed."""
+    m = timm.create_model("agent_deit_t", num_classes=0).eval()
     x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
-        final, inter = m.forward_intermediates(x, indices=2)
         feats = m.forward_features(x)
-    assert [tuple(t.shape) for t in inter] == [(1, 192, 4, 3)] * 2
-    assert feats.shape == (1, 13, 192) and final.shape == feats.shape
-    assert m.forward_head(feats, pre_logits=True).shape == (1, 192)
+        assert feats.shape == (1, 13, 192)  # class token + 4x3 patches
+        torch.testing.assert_close(m(x), feats[:, 0])
+        m.reset_classifier(0, "avg")
+        torch.testing.assert_close(m(x), feats[:, 1:].mean(1))
     assert m.no_weight_decay() == {"pos_embed", "cls_token"}
-    m.reset_classifier(0)
-    assert m(x).shape == (1, 192)
-    assert m.feature_info[-1]["reduction"] == 16
-
-
-def test_deit_reset_classifier_keeps_eval_mode():
-    """Regression: the new head of an eval-mode Agent-DeiT was created in training mode."""
-    m = timm.create_model("agent_deit_t", num_classes=4).eval()
-    m.reset_classifier(7)
-    assert not any(mod.training for mod in m.modules())
-    m.train().reset_classifier(3)
-    assert all(mod.training for mod in m.modules())
+    with pytest.raises(ValueError, match="global_pool must be"):
+        m.reset_classifier(0, "max")
 
 
 def test_no_weight_decay():

@@ -1,5 +1,6 @@
-"""Edges of the model API: an empty batch, constructor arguments no model can work with, and where a NaN
-that the model itself produced is reported."""
+"""Edges of the model API: the edges of the valid constructor arguments, and where a NaN that the model itself
+produced is reported. An empty batch and the arguments no model can work with are in the family contract
+(tests/models/test_family_contract.py), for every family."""
 
 from __future__ import annotations
 
@@ -9,56 +10,6 @@ import torch
 
 import zoo  # noqa: F401  (registers the models)
 from zoo.ops._checks import NonFiniteError
-
-# every family's smallest model (Agent-PVT and Agent-DeiT have no nano: their tiny at 64 px) and the hybrid
-EVERY_FAMILY = {
-    "maxvit_nano": {},
-    "crossformer_nano": {},
-    "nat_nano": {},
-    "dinat_nano": {},
-    "biformer_nano": {},
-    "agent_swin_nano": {},
-    "agent_pvt_t": {"img_size": 64},
-    "agent_deit_t": {"img_size": 64},
-    "hybrid_nat_biformer_nano": {},
-}
-
-
-@pytest.mark.parametrize("backend", ["reference", None])
-@pytest.mark.parametrize("name", list(EVERY_FAMILY))
-def test_empty_batch_gives_empty_logits_and_features(name, backend):
-    """B = 0 (e.g. the last, empty shard of a sampler): logits [0, classes], empty stage maps, and a training
-    step that gives every parameter a (zero) gradient, on the reference and the default path."""
-    kwargs = EVERY_FAMILY[name]
-    x = torch.randn(0, 3, 64, 64)
-    with zoo.ops.use_backend(backend):
-        model = timm.create_model(name, num_classes=5, **kwargs)
-        with torch.no_grad():
-            assert model.eval()(x).shape == (0, 5)
-        model.train()(x).sum().backward()
-        no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-        assert not no_grad, f"parameters without a gradient after an empty batch: {no_grad[:5]}"
-        features = timm.create_model(name, features_only=True, **kwargs).eval()
-        with torch.no_grad():
-            maps = features(x)
-    full = [tuple(f.shape[1:]) for f in features(torch.randn(1, 3, 64, 64))]
-    assert [tuple(f.shape) for f in maps] == [(0, *s) for s in full]
-
-
-@pytest.mark.parametrize("name", ["nat_nano", "agent_deit_t"])
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"in_chans": 0}, "in_chans must be an int >= 1"),
-        ({"num_classes": -1}, r"num_classes must be an int >= 0 \(0 builds the model without a classifier\)"),
-        ({"drop_path_rate": 1.0}, r"drop_path_rate must be a probability in \[0, 1\), got 1.0"),
-        ({"drop_path_rate": -0.1}, r"drop_path_rate must be a probability in \[0, 1\), got -0.1"),
-        ({"drop_rate": 1.5}, r"drop_rate must be a probability in \[0, 1\)"),
-    ],
-)
-def test_construction_rejects_arguments_no_model_can_use(name, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        timm.create_model(name, **kwargs)
 
 
 def test_construction_accepts_the_edges_of_the_valid_ranges():

@@ -1,4 +1,6 @@
-"""Hybrids: NAT blocks in stages 1–2 and BiFormer blocks in stages 3–4, built from the registered names."""
+"""Hybrids: NAT blocks in stages 1–2 and BiFormer blocks in stages 3–4, built from the registered names. The
+contract every family keeps (any size, features, gradients, timm's model API) is
+tests/models/test_family_contract.py."""
 
 import pytest
 import timm
@@ -43,26 +45,3 @@ def test_param_count_and_layout(name):
     assert m.stages[0].blocks[0].pos is None and m.stages[0].blocks[0].attn.kernel_size == 7
     assert m.no_weight_decay() == {n for n, _ in m.named_parameters() if n.endswith("attn.rpb")}
     assert len(m.no_weight_decay()) == sum(len(s.blocks) for s in m.stages[:2])
-
-
-def test_nano_odd_size_forward_backward():
-    torch.manual_seed(0)
-    m = timm.create_model("hybrid_nat_biformer_nano", num_classes=7)
-    x = torch.randn(1, 3, 97, 131)
-    out = m(x)
-    assert out.shape == (1, 7) and torch.isfinite(out).all()
-    out.sum().backward()
-    assert [n for n, p in m.named_parameters() if p.grad is None] == []
-    m.eval()
-    with torch.no_grad():
-        assert m.forward_features(x).shape == (1, 4, 5, 256)  # 97x131 -> 25x33 -> 13x17 -> 7x9 -> 4x5
-        assert m(torch.randn(1, 3, 32, 32)).shape == (1, 7)  # minimum size: last stage 1x1
-
-
-def test_features_only():
-    m = timm.create_model("hybrid_nat_biformer_nano", features_only=True).eval()
-    assert m.feature_info.reduction() == [4, 8, 16, 32]
-    assert m.feature_info.channels() == [32, 64, 128, 256]
-    with torch.no_grad():
-        feats = m(torch.randn(1, 3, 64, 96))
-    assert [tuple(f.shape) for f in feats] == [(1, 32, 16, 24), (1, 64, 8, 12), (1, 128, 4, 6), (1, 256, 2, 3)]
