@@ -1,5 +1,6 @@
 """The layers' fused calls (linear_act, conv_act, conv_norm_act): same values as the modules, and the modules
-themselves run whenever fusing would change behaviour (training BatchNorm, hooks, replaced submodules)."""
+themselves run whenever fusing would change behaviour (training BatchNorm, hooks, replaced submodules).
+zoo.layers.Linear, which owns its fast path, has its own tests (test_linear.py)."""
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_linear_act_calls_hooks_and_replaced_modules():
         torch.testing.assert_close(linear_act(wrapped, x, act), act(wrapped(x)))
 
 
-def test_linear_act_global_hooks_disable_fusion():
+def test_linear_act_runs_a_plain_nn_linear_and_its_activation_as_modules():
     fc = nn.Linear(8, 4)
     calls = []
     handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
