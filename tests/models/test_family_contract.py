@@ -374,9 +374,8 @@ def test_pretrained_cfg_names_the_models_own_layers(family):
                 assert tag_cfg.pool_size == (h // stride, w // stride), tagged
 
 
-@pytest.mark.xfail(strict=True, reason="Agent-DeiT's tags state pool_size (h // 32, w // 32) from Family.tag_cfg; "
-                   "its final grid is (h // 16, w // 16) (zoo/models/_family.py, agent_deit: issue 15.8 report)")
 def test_pool_size_of_the_stride_16_models():
+    """Agent-DeiT's final grid is h // 16 (its tags used to say h // 32), in its tags and after set_input_size."""
     for variant in _family_variants("agent"):
         with torch.device("meta"):
             stride = timm.create_model(variant).feature_info[-1]["reduction"]
@@ -384,3 +383,7 @@ def test_pool_size_of_the_stride_16_models():
             for tagged in timm.list_pretrained(f"{variant}.*"):
                 h, w = timm.get_pretrained_cfg(tagged).input_size[1:]
                 assert timm.get_pretrained_cfg(tagged).pool_size == (h // stride, w // stride), tagged
+            model = timm.create_model(variant, pretrained=False)
+            model.set_input_size(img_size=288)
+            assert model.pretrained_cfg["pool_size"] == (288 // stride, 288 // stride), variant
+            assert model.forward_features(torch.zeros(1, 3, 288, 288)).shape[1] == (288 // stride) ** 2 + 1

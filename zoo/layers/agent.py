@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .linear import Linear
 from .mlp import linear_act
 
 # the biases the official code stores as rank 5 ([1, ...]) and the zoo as rank 4
@@ -161,11 +162,11 @@ class AgentAttention(nn.Module):
             self.ac_bias = nn.Parameter(torch.empty(1, h, n, 1, **dd))
             self.ca_bias = nn.Parameter(torch.empty(1, h, 1, n, **dd))
         if qkv_layout == "qkv":
-            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+            self.qkv = Linear(dim, 3 * dim, bias=qkv_bias, **dd)
         else:
-            self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
-            self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias, **dd)
-        self.proj = nn.Linear(dim, dim, **dd)
+            self.q = Linear(dim, dim, bias=qkv_bias, **dd)
+            self.kv = Linear(dim, 2 * dim, bias=qkv_bias, **dd)
+        self.proj = Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, **dd)

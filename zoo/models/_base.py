@@ -194,8 +194,10 @@ def record_input_size(model: nn.Module, hw: tuple[int, int]) -> None:
     if isinstance(cfg, dict):
         cfg = dict(cfg)
         cfg["input_size"] = (cfg.get("input_size", (getattr(model, "in_chans", 3),))[0], *hw)
-        if "pool_size" in cfg:
-            cfg["pool_size"] = (hw[0] // 32, hw[1] // 32)
+        if "pool_size" in cfg:  # the final feature grid: the last stage's reduction (16 for Agent-DeiT)
+            info = getattr(model, "feature_info", None)
+            stride = info[-1]["reduction"] if isinstance(info, list) and info else 32
+            cfg["pool_size"] = (hw[0] // stride, hw[1] // stride)
         model.pretrained_cfg = model.default_cfg = cfg
     try:
         from timm.models._input import update_model_input_size  # timm >= 1.0.31

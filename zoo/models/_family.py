@@ -54,13 +54,14 @@ class Family:
             raise ValueError(f"family {self.name!r} is registered twice")
         FAMILIES[self.name] = self
 
-    def tag_cfg(self, url: str = "", size: int = 224, **kw) -> dict[str, Any]:
-        """The pretrained cfg of one tag trained at ``size`` px: timm's fields, the family's, then ``kw``."""
+    def tag_cfg(self, url: str = "", size: int = 224, stride: int = 32, **kw) -> dict[str, Any]:
+        """The pretrained cfg of one tag trained at ``size`` px: timm's fields, the family's, then ``kw``;
+        ``stride``: the final feature map's reduction (``pool_size`` is ``size // stride``)."""
         return {
             "url": url,
             "num_classes": 1000,
             "input_size": (3, size, size),
-            "pool_size": (size // 32, size // 32),
+            "pool_size": (size // stride, size // stride),
             "min_input_size": (3, 32, 32),
             "crop_pct": self.crop_pct if size == 224 else 1.0,
             "interpolation": "bicubic",

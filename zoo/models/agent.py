@@ -187,7 +187,7 @@ _dcfg = FAMILY.tag_cfg
 
 
 _PVT = dict(first_conv="stem.embed.proj")
-_DEIT = dict(first_conv="patch_embed.proj", classifier="head")
+_DEIT = dict(first_conv="patch_embed.proj", classifier="head", stride=16)  # a plain ViT: one 16 px patch grid
 # Release links from the official agent_transformer/README.md (TsinghuaCloud).
 default_cfgs = generate_default_cfgs({
     "agent_swin_nano": _dcfg(),
