@@ -24,8 +24,13 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 @pytest.fixture(autouse=True)
 def _one_thread():
+    """One thread, and the same random weights whatever ran before in this process (pytest-xdist workers run
+    tests in varying orders). One CI run saw biformer_nano's export refuse (ORT vs PyTorch 8e-4 at 2x100x75)
+    with weights drawn after other tests; it did not recur alone or with seeds 0-5 (suspected: near-tied
+    top-k routing scores on random weights). A fixed seed keeps each test's model the same in every run."""
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
+    torch.manual_seed(0)
     yield
     torch.set_num_threads(prev)
 
