@@ -15,8 +15,8 @@ Paths:
   (``(agent·scale) @ kᵀ + bias``, softmax, ``@ v``); autograd, any device, ONNX.
 - ``sdpa``: two calls of the dense attention op's fast path (:func:`zoo.ops.attention`'s dispatcher,
   SDPA with 4-D biases; learnable biases get exact gradients there). On CPU with autograd the reference
-  is the default (as for :func:`zoo.ops.attention`: SDPA's CPU backward recomputes the logits, fwd+bwd
-  was 0.7-0.8x the reference at Agent-Swin-T shapes); forcing "sdpa" still runs it.
+  is the default (as for :func:`zoo.ops.attention`: SDPA's CPU backward recomputes the logits, so its
+  fwd+bwd is slower there; docs/bench_ops.md#cpu-training-attention); forcing "sdpa" still runs it.
 
 :func:`adaptive_avg_pool2d_matmul` pools a channels-last map as ``Ph · x · Pwᵀ`` with pooling matrices built
 from the shape by torch ops, so an exported graph keeps dynamic H/W (``F.adaptive_avg_pool2d`` to a fixed

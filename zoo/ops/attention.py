@@ -91,8 +91,8 @@ class _BiasedSDPA(torch.autograd.Function):
 
 def _sdpa_supports(device, dtype, needs_grad=False, **kw) -> list[str]:
     # CPU training: the math formulation (softmax kept for backward) beats SDPA, whose CPU backward (and our
-    # biased backward) recomputes the logits: fwd+bwd at MaxViT-T window shapes 1.15-1.5x faster
-    # (docs/bench_ops.md). Forcing "sdpa" still runs it.
+    # biased backward) recomputes the logits (docs/bench_ops.md#cpu-training-attention). Forcing "sdpa" still
+    # runs it.
     if device.type == "cpu" and needs_grad and forced_backend() != "sdpa":
         return ["CPU training: the reference's explicit softmax is faster there (force sdpa to run it)"]
     return []

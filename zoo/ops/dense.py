@@ -11,10 +11,8 @@ Paths:
   PyTorch (autograd, any device, ONNX).
 - ``onednn``: one oneDNN primitive per call with the activation as a post-op (``torch.ops.mkldnn``), the
   BatchNorm folded into the weights (``w·γ/√(σ²+ε)``, ``(b - μ)·γ/√(σ²+ε) + β``). Saves the activation's
-  and the BatchNorm's extra passes over memory (aten's tanh-GELU is slow on CPU: conv + BN + tanh-GELU ran
-  1.3-4.6x the reference at MaxViT-T shapes, linear + tanh-GELU 1.3-2.0x), and oneDNN's fp32 GEMMs beat the
-  MKL ones behind ``F.linear`` on the AMD EPYC measured (plain linears 1.07-1.8x across runs;
-  docs/bench_ops.md, 1 thread). CPU,
+  and the BatchNorm's extra passes over memory (aten's tanh-GELU is slow on CPU), and oneDNN's fp32 GEMMs
+  beat the MKL ones behind ``F.linear`` on the CPU measured (figures: docs/bench_ops.md#onednn-fused). CPU,
   fp32/bf16, inference only (no autograd: chosen only when no gradient is needed), never under CPU autocast
   (the reference then computes in the autocast dtype, as F.linear does), never while exporting or compiling
   (torch.compile fuses on its own), and not for linears of fewer than ``ONEDNN_MIN_MACS`` multiply-adds
@@ -92,9 +90,8 @@ def fold_batchnorm(
 
 
 _MKLDNN = torch.backends.mkldnn.is_available()
-# oneDNN sets up a primitive on every call (~20-40 us on the 2-core EPYC measured, 1 thread), so below about
-# this many multiply-adds F.linear wins: a 1x1 linear ran 10x slower on oneDNN, 64x64x64 2.5x, 64x64x256 1.7x,
-# 256x64x256 (4.2M) and 16x512x512 0.92-0.97x. Smaller linears take the reference path.
+# oneDNN sets up a primitive on every call, so below about this many multiply-adds F.linear wins; smaller
+# linears take the reference path. Measured in docs/bench_ops.md#onednn-min-macs.
 ONEDNN_MIN_MACS = 1 << 22
 
 

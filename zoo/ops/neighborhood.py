@@ -59,15 +59,16 @@ from .sizes import is_capturing, is_tracing
 
 __all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
 
-# The SDPA path uses one dense [N, N] mask for maps of at most this many tokens (N = H·W); measured at NAT-mini
-# stage shapes (k=7, d=32, B=1): dense beats the gather forward up to ~20x20, forward+backward up to ~28x28.
+# The SDPA path uses one dense [N, N] mask for maps of at most this many tokens (N = H·W): up to there the dense
+# mask beats the gather on CPU (forward; forward+backward up to the larger _TRAIN size). Measured in
+# docs/bench_ops.md#neighborhood-dense.
 DENSE_MAX_TOKENS = 400
 DENSE_MAX_TOKENS_TRAIN = 1024
 # 2-D maps of more than TILED_MIN_TOKENS tokens take the tiled path of the same backend: TILE x TILE query
 # tiles attend densely (SDPA with the RPB as a bias and -inf outside each query's window) to the union of their
 # windows, so neither an [N, N] mask nor an [N, k*k, d] gather of keys and values is materialised; dilation
-# runs it on each dilation group's sub-grid. Measured (CPU, 1 thread, k=7, d=32, forward and forward+backward):
-# dense wins at 14x14, tiles win from 20x20 on (28x28: ~2.5x the dense mask); tile 7 ~ tile 8 > tile 14.
+# runs it on each dilation group's sub-grid. Small maps are faster dense, larger ones tiled, and a tile of 7
+# was as fast as 8 and faster than 14 (docs/bench_ops.md#neighborhood-tiled).
 # (DENSE_MAX_TOKENS* above still decide the 1-D op and the traced export graph.)
 TILED_MIN_TOKENS = 256
 TILE = 7

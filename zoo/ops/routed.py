@@ -20,13 +20,13 @@ Paths (all take the same routing indices, so they agree wherever the routing doe
 - ``sdpa`` (CPU default): ``topk`` covering every region → one dense SDPA call. Regions of at most
   ``MASK_FORM_MAX_REGION_TOKENS`` tokens → the gather-free mask form (:func:`routed_attention_masked`:
   all tokens region-major, a bool block mask from the indices, one dense SDPA call): it does ``R/topk``
-  times the arithmetic but avoids ``B·R`` tiny per-region problems, and was faster at BiFormer-T stage 3
-  (14², 4-token regions, topk 16). Larger regions → the gather form with the fused SDPA kernel per
-  region (the mask form was 4-25× slower there); when gradients are needed on CPU the explicit product
+  times the arithmetic but avoids ``B·R`` tiny per-region problems, so it is faster for small regions.
+  Larger regions → the gather form with the fused SDPA kernel per region (the mask form is much slower
+  there; docs/bench_ops.md#routed-mask-form); when gradients are needed on CPU the explicit product
   replaces the fused kernel, whose backward measured slower on these small per-region problems, and above
   ``CHUNKED_MIN_GATHER_ELEMENTS`` gathered elements the chunked form (:class:`_ChunkedRouted`) replaces
   the whole gather: chunks of query regions gather only their routed keys/values, and the backward
-  re-gathers per chunk (BiFormer-S training at 512x608: 0.46x the peak at the same CPU time, docs/bench_cpu.md).
+  re-gathers per chunk (a lower peak at the same CPU time; docs/bench_ops.md#routed-chunked).
   It is a form of the ``sdpa`` path, not a backend of its own: a new backend name needs ``_dispatch.py``.
 - ``flex``: FlexAttention with a block mask from the indices. On CUDA (compiled) opt-in until validated
   (``flex`` and ``triton`` run by default only where ``zoo/ops/validated.json`` lists them; docs/dispatch.md); on CPU it
@@ -176,9 +176,10 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
         return _from_regions_head_major(out, num_regions, B, (H, W))
     ks = kh.index_select(1, flat).view(h, B * R, topk * kh.shape[2], kh.shape[3])
     vs = vh.index_select(1, flat).view(h, B * R, topk * vh.shape[2], vh.shape[3])
-    # The fused CPU kernel's backward is slower than autograd through the explicit product for these
-    # many small per-region problems (measured), so training on CPU takes the explicit product (or, once
-    # the gathered keys/values would be large, the chunked form above, which never holds them all).
+    # The fused CPU kernel's backward is slower than autograd through the explicit product for these many
+    # small per-region problems (docs/bench_ops.md#routed-train-cpu), so training on CPU takes the explicit
+    # product (or, once the gathered keys/values would be large, the chunked form above, which never holds
+    # them all).
     if train_cpu:
         out = ((qh * scale) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
     else:
@@ -189,8 +190,9 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
 # CPU training: the sdpa path runs the chunked form (:class:`_ChunkedRouted`) when the gathered keys and
 # values of a call would hold at least this many elements (heads·B·R·topk·n·(d + dv)); below it, autograd
 # through the explicit product over the whole gather. Chunks hold about CHUNK_ELEMENTS gathered elements.
-# 2^21: every routed stage of BiFormer-S at 512x608 (2.6M-12M) is above it, where the chunked form measured
-# 0.46x the peak at the same CPU time (docs/bench_cpu.md); at 224 px every stage is below it (unmeasured there).
+# The threshold puts the routed stages of high-resolution (detection-size) BiFormer training on the chunked
+# form, where it lowered the peak at the same CPU time, and leaves 224 px training on the whole gather
+# (docs/bench_ops.md#routed-chunked).
 CHUNKED_MIN_GATHER_ELEMENTS = 1 << 21
 CHUNK_ELEMENTS = 1 << 20
 

@@ -64,8 +64,8 @@ _onnx_flags: tuple | None = None  # the two objects torch.onnx.is_in_onnx_export
 
 
 def _in_onnx_export() -> bool:
-    """``torch.onnx.is_in_onnx_export()`` without the two imports it runs on every call (2.5 us -> 0.1 us on
-    the CPU measured; the ops ask on every call). Falls back to it where torch keeps its flags elsewhere."""
+    """``torch.onnx.is_in_onnx_export()`` without the two imports it runs on every call (the ops ask on every
+    call; docs/bench_ops.md#capture-checks). Falls back to it where torch keeps its flags elsewhere."""
     global _onnx_flags
     if _onnx_flags is None:
         try:
@@ -103,7 +103,8 @@ def is_capturing() -> bool:
     """True during any graph capture: export (:func:`is_tracing`) or ``torch.compile``. Python-side caches,
     data-dependent checks and opaque kernels (oneDNN primitives) must then stay out of the graph."""
     # is_compiling first: true under torch.export too, so dynamo never traces the checks behind it. Written out
-    # (not is_tracing()) because the ops ask on every call: each Python frame saved is ~5% of a tiny op's cost.
+    # (not is_tracing()) because the ops ask on every call: each Python frame saved is a visible part of a tiny
+    # op's cost (docs/bench_ops.md#capture-checks).
     # No torch.jit.is_scripting(): it is True only inside TorchScript-compiled code, never in this Python function.
     # torch._C._is_tracing is what torch.jit.is_tracing() returns outside TorchScript code, without its frame;
     # the ONNX flags are read here once found (_in_onnx_export finds them).

@@ -2,8 +2,8 @@
 
 Nothing here imports Triton at ``import zoo`` time: the registered paths in ``zoo/ops/*.py`` import a kernel
 module (:func:`load`) on first use. ``TRITON_INTERPRET=1`` must be set before that first import (Triton reads
-it when ``@triton.jit`` runs); then the kernels run on CPU tensors in Triton's interpreter (tests only: about
-100x slower than torch). Modules:
+it when ``@triton.jit`` runs); then the kernels run on CPU tensors in Triton's interpreter (tests only: far
+slower than torch; docs/bench_ops.md#triton-interpreter). Modules:
 
 - ``window_attention``: dense attention over small groups (windows / grids) with an additive bias, forward
   and backward including the bias gradient; the ``triton`` path of ``zoo.ops.attention``.
