@@ -10,6 +10,8 @@ Sections (``--sections``, comma-separated):
 - ``onnxruntime``: the zoo's eager latency against onnxruntime on the zoo's own exported file
   (:func:`zoo.export.export_onnx`, the defaults a user gets: dynamic batch and size, verified), same threads
   (``intra_op_num_threads``, one inter-op thread). Runs in the same rows as ``efficiency``.
+- ``profile``: where the time goes, eager (torch profiler, self time per op) against onnxruntime (its profiler,
+  time per node type), per model: the profile that explains an eager/onnxruntime or per-GMAC gap.
 - ``compile``: ``torch.compile`` (inductor, ``dynamic=False``): compile seconds (first call minus an eager call),
   speed-up over eager, and the graph breaks ``torch._dynamo.explain`` finds.
 
@@ -317,6 +319,16 @@ def bf16_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def profile_table(rows: list[dict]) -> str:
+    lines = ["| model | threads | batch | eager ms (profiled) | largest eager ops, ms | onnxruntime ms (profiled) | "
+             "largest onnxruntime nodes, ms |", "|---|---:|---:|---:|---|---:|---|"]
+    short = lambda d: ", ".join(f"{k.split('::')[-1]} {v:.1f}" for k, v in list(d.items())[:5])  # noqa: E731
+    for r in rows:
+        lines.append(f"| `{r['model']}` | {r['threads']} | {r['batch']} | {r['eager_total_ms']:.0f} | "
+                     f"{short(r['eager_ops_ms'])} | {r['ort_total_ms']:.0f} | {short(r['ort_ops_ms'])} |")
+    return "\n".join(lines)
+
+
 def _settings_line(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     return (f"_{m['processor'] or m['platform']}, {m['cpu_count']} cores; torch {m['torch']}, timm {m['timm']}, "
@@ -326,7 +338,8 @@ def _settings_line(result: dict) -> str:
 
 
 TABLES = {"efficiency": ("efficiency", efficiency_table), "onnxruntime": ("efficiency", onnxruntime_table),
-          "compile": ("compile", compile_table), "bf16": ("bf16_accuracy", bf16_table)}
+          "compile": ("compile", compile_table), "bf16": ("bf16_accuracy", bf16_table),
+          "profile": ("profile", profile_table)}
 
 
 def write_doc(doc: Path, results: list[dict]) -> list[str]:
@@ -351,7 +364,8 @@ def write_doc(doc: Path, results: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", default="efficiency,onnxruntime", help="efficiency, onnxruntime, compile")
+    p.add_argument("--sections", default="efficiency,onnxruntime",
+                   help="efficiency, onnxruntime, compile, profile")
     p.add_argument("--models", default=",".join(TINY), help="comma-separated model names")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -363,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="sources", nargs="+", type=Path, help="with --doc: results to write (no run)")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(args.sections) - {"efficiency", "onnxruntime", "compile"}
+    unknown = set(args.sections) - {"efficiency", "onnxruntime", "compile", "profile"}
     if unknown:
-        p.error(f"unknown sections {sorted(unknown)}; choose from efficiency, onnxruntime, compile")
+        p.error(f"unknown sections {sorted(unknown)}; choose from efficiency, onnxruntime, compile, profile")
     if args.sources:
         if not args.doc:
             p.error("--from needs --doc")
@@ -386,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             result["bf16_accuracy"] = bf16_accuracy([n for n in names if n in PARITY_CASE])
     if "compile" in args.sections:
         result["compile"] = compile_rows(args, names)
+    if "profile" in args.sections:
+        result["profile"] = [op_profile(n, t, b) for n in names for t in args.threads for b in args.batch]
     result["load_end"] = round(os.getloadavg()[0], 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
