@@ -26,7 +26,9 @@ def _manual(m, x, prefix=None):
     """Agent attention written out with einsums from the official formulas (independent of the module).
 
     Biases: ``an/na`` resized bilinearly to the map; ``ah``/``aw`` (``ha``/``wa``) resized 1-D along their own
-    axis and broadcast-summed — equal to the official bilinear resize of the broadcast sum.
+    axis and broadcast-summed — equal to the official bilinear resize of the broadcast sum. PVT spatial
+    reduction (``sr_ratio > 1``, official ``agent_pvt.py``): keys/values from ``norm(sr(x))`` on the reduced
+    map, the agent biases resized to that map, V resized bilinearly back to the map before ``dwc``.
     """
     B, H, W, C = x.shape
     h, n, p = m.num_heads, m.agent_num, m.pool_size
@@ -35,21 +37,27 @@ def _manual(m, x, prefix=None):
     P = 0 if prefix is None else 1
     if P:
         t = torch.cat([prefix, t], 1)
+    s_r = m.sr_ratio
+    kv_in, Hk, Wk = t, H, W
+    if s_r > 1:  # official PVT: x_ = norm(sr(x)), kv = kv(x_)
+        red = F.conv2d(x.permute(0, 3, 1, 2), m.sr.weight, m.sr.bias, stride=s_r)  # [B, C, H//s, W//s]
+        Hk, Wk = red.shape[2], red.shape[3]
+        kv_in = F.layer_norm(red.flatten(2).transpose(1, 2), (C,), m.norm.weight, m.norm.bias, m.norm.eps)
     q, k, v = (
         (t @ m.qkv.weight.T + m.qkv.bias).split(C, dim=-1)
         if m.qkv_layout == "qkv"
-        else (t @ m.q.weight.T + m.q.bias, *(t @ m.kv.weight.T + m.kv.bias).split(C, dim=-1))
+        else (t @ m.q.weight.T + m.q.bias, *(kv_in @ m.kv.weight.T + m.kv.bias).split(C, dim=-1))
     )
     agent = F.adaptive_avg_pool2d(q[:, P:].reshape(B, H, W, C).permute(0, 3, 1, 2), p)  # [B, C, p, p]
     agent = agent.flatten(2).transpose(1, 2).reshape(B, n, h, d)
     q, k, v = (z.reshape(B, -1, h, d) for z in (q, k, v))
-    an = F.interpolate(m.an_bias, size=(H, W), mode="bilinear").reshape(h, n, H * W)
+    an = F.interpolate(m.an_bias, size=(Hk, Wk), mode="bilinear").reshape(h, n, Hk * Wk)
     na = F.interpolate(m.na_bias, size=(H, W), mode="bilinear").reshape(h, n, H * W)
-    ah = _linear_1d(m.ah_bias[:, :, :, 0], H)  # [h, n, H]
-    aw = _linear_1d(m.aw_bias[:, :, 0, :], W)  # [h, n, W]
+    ah = _linear_1d(m.ah_bias[:, :, :, 0], Hk)  # [h, n, Hk]
+    aw = _linear_1d(m.aw_bias[:, :, 0, :], Wk)  # [h, n, Wk]
     ha = _linear_1d(m.ha_bias[:, :, 0, :].transpose(1, 2), H)  # [h, n, H]
     wa = _linear_1d(m.wa_bias[:, 0, :, :].transpose(1, 2), W)  # [h, n, W]
-    ab = an + (ah[..., :, None] + aw[..., None, :]).reshape(h, n, H * W)  # [h, n, HW]
+    ab = an + (ah[..., :, None] + aw[..., None, :]).reshape(h, n, Hk * Wk)  # [h, n, Hk·Wk]
     qb = (na + (ha[..., :, None] + wa[..., None, :]).reshape(h, n, H * W)).transpose(1, 2)  # [h, HW, n]
     if P:
         ab = torch.cat([m.ac_bias[0], ab], dim=2)
@@ -59,7 +67,9 @@ def _manual(m, x, prefix=None):
     agent_v = torch.einsum("bhaj,bjhd->bahd", A, v)
     Q = (torch.einsum("bihd,bahd->bhia", q, agent) * s + qb).softmax(-1)
     out = torch.einsum("bhia,bahd->bihd", Q, agent_v).reshape(B, -1, C)
-    v_map = v[:, P:].reshape(B, H, W, C).permute(0, 3, 1, 2)
+    v_map = v[:, P:].reshape(B, Hk, Wk, C).permute(0, 3, 1, 2)
+    if s_r > 1:
+        v_map = F.interpolate(v_map, size=(H, W), mode="bilinear")
     local = F.conv2d(v_map, m.dwc.weight, m.dwc.bias, padding=1, groups=C).flatten(2).transpose(1, 2)
     out = torch.cat([out[:, :P], out[:, P:] + local], 1)
     out = out @ m.proj.weight.T + m.proj.bias
@@ -124,15 +134,19 @@ def test_downstream_agent_shape_resizes_biases_along_the_agent_grid():
     assert m(x).shape == x.shape
 
 
-def test_pvt_spatial_reduction_any_size():
-    m = _randomize(AgentAttention(8, 2, agent_num=4, train_size=6, qkv_layout="q_kv", sr_ratio=2))
+@pytest.mark.parametrize("hw", [(6, 6), (7, 5), (2, 2), (2, 9)])
+def test_pvt_spatial_reduction_matches_manual_formula_and_gradcheck(hw):
+    """sr_ratio 2 at the training size, at odd sizes (floor of the reduced map) and down to a 1×1 key map."""
+    m = _randomize(AgentAttention(8, 2, agent_num=4, train_size=6, qkv_layout="q_kv", sr_ratio=2, dtype=f64))
     assert m.ah_bias.shape == (2, 4, 3, 1) and m.ha_bias.shape == (2, 6, 1, 4)
-    for hw in [(6, 6), (7, 5), (2, 2)]:
-        x = torch.randn(2, *hw, 8, requires_grad=True)
-        y = m(x)
-        assert y.shape == x.shape and torch.isfinite(y).all()
-        y.sum().backward()
-        assert torch.isfinite(x.grad).all()
+    x = torch.randn(2, *hw, 8, dtype=f64)
+    for backend in ("reference", "sdpa"):
+        with ops.use_backend(backend):
+            torch.testing.assert_close(m(x), _manual(m, x)[0], rtol=1e-10, atol=1e-10)
+    # the backward is the derivative of the forward (finite differences, float64)
+    xg = x[:1].clone().requires_grad_(True)
+    with ops.use_backend("reference"):
+        assert torch.autograd.gradcheck(m, (xg,))
 
 
 def test_sdpa_and_reference_agree_forward_and_backward_through_the_layer():
@@ -150,12 +164,20 @@ def test_sdpa_and_reference_agree_forward_and_backward_through_the_layer():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_tiny_maps_smaller_than_agent_grid():
-    m = _randomize(AgentAttention(8, 2, agent_num=9, train_size=4))
-    for hw in [(1, 1), (2, 1), (1, 5)]:
-        x = torch.randn(1, *hw, 8)
-        y = m(x)
-        assert y.shape == x.shape and torch.isfinite(y).all()
+@pytest.mark.parametrize("hw", [(1, 1), (2, 1), (1, 5)])
+def test_tiny_maps_smaller_than_agent_grid(hw):
+    """Maps smaller than the 3×3 agent grid: adaptive pooling repeats the queries, values match the formula."""
+    m = _randomize(AgentAttention(8, 2, agent_num=9, train_size=4, dtype=f64))
+    x = torch.randn(2, *hw, 8, dtype=f64)
+    for backend in ("reference", "sdpa"):
+        with ops.use_backend(backend):
+            torch.testing.assert_close(m(x), _manual(m, x)[0], rtol=1e-10, atol=1e-10)
+    # closed form at 1×1: the agent->key softmax has one key (weight 1), so every agent carries v and the
+    # query->agent softmax averages copies of v: y = proj(v + dwc(v)), the conv seeing only its centre tap
+    if hw == (1, 1):
+        v = x.reshape(2, 8) @ m.qkv.weight[16:].T + m.qkv.bias[16:]
+        local = v * m.dwc.weight[:, 0, 1, 1] + m.dwc.bias
+        torch.testing.assert_close(m(x).reshape(2, 8), (v + local) @ m.proj.weight.T + m.proj.bias)
 
 
 # official state-dict entries (LeapLabTHU/Agent-Attention@207ce3e; shared/parity keys.tsv) of one block's attn

@@ -41,12 +41,54 @@ def test_matches_manual_composition(hw, dil):
     torch.testing.assert_close(out, expect)
 
 
+def _neighbors(i, n, ks, dil):
+    """NATTEN's neighborhood of position ``i`` on an axis of length ``n`` (``n >= ks * dil``): the ``ks``
+    positions of ``i``'s dilation group (``i mod dil``) centred on ``i``, shifted inwards at the borders, each
+    with its relative-position-bias index ``(key - query) / dil + ks - 1``."""
+    group = list(range(i % dil, n, dil))
+    at = i // dil
+    start = min(max(at - ks // 2, 0), len(group) - ks)
+    return [(group[j], j - at + ks - 1) for j in range(start, start + ks)]
+
+
+def _brute_force_layer(m, x, ks, dil):
+    """The layer written out with loops: zero-pad bottom/right to ``ks * dil``, qkv, per-query softmax over
+    its ``ks × ks`` neighbours with ``scale · q·k + rpb``, crop, proj."""
+    B, H, W, C = x.shape
+    heads, hd = m.num_heads, C // m.num_heads
+    Hp, Wp = max(H, ks * dil), max(W, ks * dil)
+    xp = x.new_zeros(B, Hp, Wp, C)
+    xp[:, :H, :W] = x
+    q, k, v = (xp @ m.qkv.weight.T + m.qkv.bias).reshape(B, Hp, Wp, 3, heads, hd).unbind(3)
+    out = x.new_zeros(B, H, W, heads, hd)
+    for i in range(H):
+        for j in range(W):
+            nb = [(a, b, ra, rb) for a, ra in _neighbors(i, Hp, ks, dil) for b, rb in _neighbors(j, Wp, ks, dil)]
+            keys = torch.stack([k[:, a, b] for a, b, _, _ in nb], 1)  # [B, ks², heads, hd]
+            vals = torch.stack([v[:, a, b] for a, b, _, _ in nb], 1)
+            bias = torch.stack([m.rpb[:, ra, rb] for _, _, ra, rb in nb], 0)  # [ks², heads]
+            logits = torch.einsum("bhd,bnhd->bnh", q[:, i, j], keys) * hd**-0.5 + bias
+            out[:, i, j] = torch.einsum("bnh,bnhd->bhd", logits.softmax(1), vals)
+    return out.reshape(B, H, W, C) @ m.proj.weight.T + m.proj.bias
+
+
+def test_neighbors_helper_on_known_cases():
+    # ks 3, dil 1 at the left border, inside, at the right border of an axis of 7
+    assert _neighbors(0, 7, 3, 1) == [(0, 2), (1, 3), (2, 4)]
+    assert _neighbors(3, 7, 3, 1) == [(2, 1), (3, 2), (4, 3)]
+    assert _neighbors(6, 7, 3, 1) == [(4, 0), (5, 1), (6, 2)]
+    # dil 2 on 9: the odd positions {1, 3, 5, 7} are one group, 7 its last member; {0, 2, 4, 6, 8} the other
+    assert _neighbors(7, 9, 3, 2) == [(3, 0), (5, 1), (7, 2)]
+    assert _neighbors(4, 9, 3, 2) == [(2, 1), (4, 2), (6, 3)]
+
+
 @pytest.mark.parametrize("hw", [(1, 1), (3, 8), (5, 7), (8, 3), (13, 5)])
-def test_any_size_round_trip(hw):
+def test_any_size_matches_brute_force(hw):
+    """Maps smaller than the window (6) on one or both axes and larger ones: the values of a loop over every
+    query's dilated neighbourhood (official NATTEN semantics), whatever path the layer takes."""
     m = _layer(ks=3, dil=2)
-    x = torch.randn(1, *hw, 16, dtype=torch.float64)
-    out = m(x)
-    assert out.shape == x.shape and torch.isfinite(out).all()
+    x = torch.randn(2, *hw, 16, dtype=torch.float64)
+    torch.testing.assert_close(m(x), _brute_force_layer(m, x, 3, 2), rtol=1e-10, atol=1e-10)
 
 
 def test_small_map_is_zero_padded_before_qkv_and_cropped():

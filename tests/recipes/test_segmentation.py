@@ -55,11 +55,21 @@ def test_slide_inference() -> None:
     module = SegmentationModule("resnet18", "fpn", num_classes=3, inference="slide", slide_crop=(64, 64),
                                 slide_stride=(32, 32), head_kwargs=SMALL["fpn"]).eval()
     small = torch.rand(1, 3, 40, 56)  # one window covers it: slide == whole
+    big = torch.rand(1, 3, 100, 130)
     with torch.no_grad():
         torch.testing.assert_close(module.slide_logits(small), module(small))
-        big = torch.rand(1, 3, 100, 130)
         out = module.predict_logits(big, (50, 65))
-    assert out.shape == (1, 3, 50, 65) and torch.isfinite(out).all()
+        # mmseg's slide by hand: 64 px windows every 32 px, the last one moved back inside the image
+        # (rows at 0, 32, 36 of 100; columns at 0, 32, 64, 66 of 130), logits summed and divided by the number
+        # of windows covering each pixel, then resized bilinearly to the output size
+        total, count = torch.zeros(1, 3, 100, 130), torch.zeros(1, 1, 100, 130)
+        for y0 in (0, 32, 36):
+            for x0 in (0, 32, 64, 66):
+                total[..., y0:y0 + 64, x0:x0 + 64] += module(big[..., y0:y0 + 64, x0:x0 + 64])
+                count[..., y0:y0 + 64, x0:x0 + 64] += 1
+    assert count[0, 0, 0, 0] == 1 and count[0, 0, 50, 70] == 9 and count[0, 0, 99, 127] == 2
+    expect = torch.nn.functional.interpolate(total / count, size=(50, 65), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expect)
     with pytest.raises(ValueError, match="inference"):
         SegmentationModule("resnet18", inference="tiles")
 
