@@ -40,14 +40,20 @@ def load_tool() -> Callable[[str], ModuleType]:
 @pytest.fixture(scope="session")
 def make_scenes(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], Path]:
     """``make_scenes(n_train, n_val)`` -> a folder of 64 px scenes composited from the embedded Fashion-MNIST
-    items (1-3 per scene; COCO boxes and masks), seed 0; skips when the embedded data is not there."""
+    items (1-3 per scene; COCO boxes and masks), seed 0. Missing data fails the test (never a skip): the
+    subset ``data/fashion_mnist/fashion_mnist_subset.npz`` is tracked in the repository."""
     from recipes.data.composite import SceneConfig, load_fashion_mnist, write_scenes
 
     def make(n_train: int, n_val: int) -> Path:
         try:
             fmnist = load_fashion_mnist()
         except FileNotFoundError as err:
-            pytest.skip(str(err))
+            pytest.fail(
+                f"make_scenes: the embedded Fashion-MNIST subset is missing ({err}). It ships in the repository "
+                f"as {ROOT / 'data' / 'fashion_mnist' / 'fashion_mnist_subset.npz'}: restore it with "
+                "`git checkout -- data/fashion_mnist` (rebuild: tools/fashion_mnist_subset.py)",
+                pytrace=False,
+            )
         root = tmp_path_factory.mktemp("scenes")
         cfg = SceneConfig(size=64, max_items=3, max_scale=1.5)
         write_scenes(root, n_train, n_val, seed=0, cfg=cfg, fashion_mnist=fmnist)
