@@ -179,18 +179,8 @@ def test_corrupt_last_falls_back_to_newest_intact(tmp_path, run_dir):
         resume_checkpoint(ckpts)
 
 
-def test_cli_fit_ckpt_path_last_without_checkpoint_refuses(tmp_path, load_tool):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"""
-trainer: {{default_root_dir: {tmp_path / 'run'}, accelerator: cpu, max_steps: 1, enable_model_summary: false}}
-no_progress_bar: true
-model:
-  class_path: recipes.classification.ClassificationModule
-  init_args: {{model_name: test_resnet, num_classes: 10, img_size: 32}}
-data:
-  class_path: recipes.data.NpzData
-  init_args: {{num_classes: 10, img_size: 32, batch_size: 16, num_workers: 0, train_limit: 32}}
-""")
+def test_cli_fit_ckpt_path_last_without_checkpoint_refuses(tmp_path, load_tool, cli_config):
+    cfg = cli_config(max_steps=1)  # into tmp_path/run
     with pytest.raises(NothingToResumeError, match="nothing to resume"):
         load_tool("train").main(["fit", "--config", str(cfg), "--ckpt_path", "last"])
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # it did not train from scratch

@@ -335,21 +335,10 @@ def test_scheduler_resumes_a_checkpoint_of_the_old_lambda_schedule():
         sched.step()
 
 
-def test_cli_ckpt_path_best_in_a_new_process_is_the_newest_best_file(tmp_path, load_tool):
+def test_cli_ckpt_path_best_in_a_new_process_is_the_newest_best_file(tmp_path, load_tool, cli_config):
     """RecipeCLI resolves --ckpt_path best (before_<subcommand> hook) for a later subcommand whose trainer has no best
     path of its own: the run's newest best-*.ckpt, or a clear error when the run has none."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"""
-trainer: {{default_root_dir: {tmp_path / 'run'}, accelerator: cpu, max_steps: 2, limit_val_batches: 1,
-           limit_test_batches: 1, enable_model_summary: false}}
-no_progress_bar: true
-model:
-  class_path: recipes.classification.ClassificationModule
-  init_args: {{model_name: test_resnet, num_classes: 10, img_size: 32}}
-data:
-  class_path: recipes.data.NpzData
-  init_args: {{num_classes: 10, img_size: 32, batch_size: 16, eval_batch_size: 32, num_workers: 0, train_limit: 32}}
-""")
+    cfg = cli_config()  # 2 steps into tmp_path/run
     train = load_tool("train")
     with pytest.raises(FileNotFoundError, match=r"--ckpt_path best: no best-\*\.ckpt under .*run/checkpoints"):
         train.main(["validate", "--config", str(cfg), "--ckpt_path", "best"])
