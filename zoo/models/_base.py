@@ -24,6 +24,7 @@ from timm.models._features import feature_take_indices  # (no public name in tim
 from torch import nn
 
 from .. import ops
+from ..layers import Block, DWConvPos
 from ..ops._checks import NonFiniteError
 
 # name -> builder. Builders take explicit keyword arguments (see the type aliases) plus device/dtype.
@@ -54,6 +55,52 @@ register_downsampler = _registrar(DOWNSAMPLERS, "downsampler")
 register_block = _registrar(BLOCKS, "block")
 """``@register_block(name)``: ``fn(dim, *, index, depth, stage, drop_path, device, dtype, **kw)`` → a module
 ``[B, H, W, C] -> [B, H, W, C]``; ``index`` is the block's position in its stage (alternating patterns)."""
+
+
+@dataclass(frozen=True)
+class BlockSite:
+    """What a mixer builder (:func:`register_mixer`) knows of its block: block ``index`` of the ``depth`` blocks
+    of stage ``stage``; ``drop``, the block's dropout (a mixer's output projection takes it too); ``dd``, the
+    ``device``/``dtype`` keywords for its parameters."""
+
+    index: int
+    depth: int
+    stage: int
+    drop: float
+    dd: dict[str, Any]
+
+
+def mixer_block(
+    make_mixer: Callable[..., nn.Module], dim: int, *, index: int, depth: int, stage: int, drop_path: float,
+    mlp_ratio: float = 4.0, drop: float = 0.0, layer_scale: float | None = None, norm_eps: float = 1e-5,
+    pos_kernel: int = 0, block: Callable[..., nn.Module] = Block, device=None, dtype=None, **mixer_kwargs,
+) -> nn.Module:
+    """The pre-norm residual ``block`` (:class:`~zoo.layers.Block`: keys ``pos``, ``norm1``, ``attn``, ``ls1``,
+    ``norm2``, ``mlp.fc1/fc2``, ``ls2``) around the mixer ``make_mixer(dim, site, **mixer_kwargs)`` builds.
+
+    The block's own settings: MLP width ``mlp_ratio · dim``, dropout ``drop`` (MLP, and the mixer through
+    ``site.drop``), stochastic depth ``drop_path``, ``layer_scale`` (None: none), LayerNorm ``norm_eps``,
+    ``pos_kernel`` (0: no ``pos`` term; else ``x + pos(x)`` first, a ``pos_kernel``² depthwise conv)."""
+    dd = {"device": device, "dtype": dtype}
+    mixer = make_mixer(dim, BlockSite(index, depth, stage, drop, dd), **mixer_kwargs)
+    return block(
+        dim, mixer, mlp_ratio=mlp_ratio, norm_layer=partial(nn.LayerNorm, eps=norm_eps), drop=drop,
+        drop_path=drop_path, layer_scale=layer_scale, pos=DWConvPos(dim, pos_kernel, **dd) if pos_kernel else None,
+        **dd,
+    )
+
+
+def register_mixer(name: str, **defaults):
+    """``@register_mixer(name, **defaults)`` on ``fn(dim, site, **kw) -> mixer`` (``site``: a :class:`BlockSite`,
+    the mixer ``[B, H, W, C] -> [B, H, W, C]``) registers block ``name``: :func:`mixer_block` around ``fn``'s
+    mixer. A stage's ``block_kwargs`` are the block's settings (``mlp_ratio``, ``drop``, ``layer_scale``,
+    ``norm_eps``, ``pos_kernel``; ``defaults``: the family's) and ``fn``'s keywords."""
+
+    def deco(fn):
+        register_block(name)(partial(mixer_block, fn, **defaults))
+        return fn
+
+    return deco
 
 
 @dataclass(frozen=True)
@@ -422,7 +469,7 @@ class Backbone(nn.Module):
         # Every stage works on channels-last maps; a channels-last image makes the stem's convolutions (and
         # every conv after it: MBConv, downsamplers) run in oneDNN's native NHWC layout and turns the
         # [B, C, H, W] <-> [B, H, W, C] permutes between convs and attention into views instead of copies
-        # (MaxViT-T, CPU, batch 8: ~1.2x). Values are unchanged.
+        # (timing: docs/bench_cpu.md). Values are unchanged.
         return self.stem(x.contiguous(memory_format=torch.channels_last))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import AbsPosEmbed, AgentAttention, Block, PatchEmbed, PatchEmbedDownsample, resample_abs_pos_embed
-from ._base import Backbone, NetCfg, StageCfg, input_hw, register_block, register_downsampler, register_stem
+from ..layers import AbsPosEmbed, AgentAttention, PatchEmbed, PatchEmbedDownsample, resample_abs_pos_embed
+from ._base import Backbone, BlockSite, NetCfg, StageCfg, input_hw, register_downsampler, register_mixer, register_stem
 
 __all__ = ["PVT_VARIANTS", "AgentPVT", "PvtEmbed", "agent_pvt_cfg", "agent_pvt_resized"]
 
@@ -66,31 +66,12 @@ def _agent_pvt_down(in_dim: int, out_dim: int, *, grid_size: int = 28, device=No
     return PvtEmbed(PatchEmbedDownsample(in_dim, out_dim, 2, pad=False, **dd), out_dim, grid_size, **dd)
 
 
-@register_block("agent_pvt")
-def _agent_pvt_block(
-    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
-    num_heads: int,
-    agent_num: int = 49,
-    train_size: int = 14,
-    sr_ratio: int = 1,
-    mlp_ratio: float = 4.0,
-    qkv_bias: bool = True,
-    drop: float = 0.0,
-    norm_eps: float = 1e-6,
-    device=None,
-    dtype=None,
-) -> nn.Module:
-    """Agent-PVT block: agent attention with ``q``/``kv`` projections (optional spatial reduction
-    ``sr_ratio``), biases defined on the ``train_size`` stage map; LayerNorm eps 1e-6."""
-    dd = {"device": device, "dtype": dtype}
-    mixer = AgentAttention(
-        dim, num_heads, agent_num=agent_num, train_size=train_size, qkv_layout="q_kv", qkv_bias=qkv_bias,
-        sr_ratio=sr_ratio, proj_drop=drop, **dd,
-    )
-    return Block(
-        dim, mixer, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path,
-        norm_layer=lambda d, **kw: nn.LayerNorm(d, eps=norm_eps, **kw), **dd,
-    )
+@register_mixer("agent_pvt", norm_eps=1e-6)
+def _agent_pvt_mixer(dim: int, site: BlockSite, num_heads: int, **kw) -> nn.Module:
+    """Agent-PVT block (LayerNorm eps 1e-6): agent attention with ``q``/``kv`` projections; ``kw``: its
+    ``agent_num``, ``train_size`` (the stage map its biases are defined on), ``sr_ratio`` (spatial reduction),
+    ``qkv_bias``."""
+    return AgentAttention(dim, num_heads, qkv_layout="q_kv", proj_drop=site.drop, **kw, **site.dd)
 
 
 def agent_pvt_cfg(

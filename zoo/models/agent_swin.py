@@ -26,8 +26,17 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..layers import AgentAttention, Block, PartitionAttention, PatchEmbed, PatchMerging, RelPosBias
-from ._base import Backbone, NetCfg, StageCfg, input_hw, register_block, register_downsampler, register_stem
+from ..layers import AgentAttention, PartitionAttention, PatchEmbed, PatchMerging, RelPosBias
+from ._base import (
+    Backbone,
+    BlockSite,
+    NetCfg,
+    StageCfg,
+    input_hw,
+    register_downsampler,
+    register_mixer,
+    register_stem,
+)
 
 __all__ = [
     "SWIN_VARIANTS", "AgentSwin", "ShiftedWindowAttention", "agent_swin_cfg", "agent_swin_cfg_from_official",
@@ -103,47 +112,29 @@ def _agent_stem(
     return PatchEmbed(in_chans, out_dim, patch_size, norm_layer=norm_layer, pad=pad, device=device, dtype=dtype)
 
 
-@register_downsampler("agent_swin_merge")
-def _agent_swin_merge(in_dim: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
-    """Swin patch merging (official ``layers.i.downsample``)."""
-    return PatchMerging(in_dim, out_dim, device=device, dtype=dtype)
+register_downsampler("agent_swin_merge")(PatchMerging)  # Swin patch merging (official ``layers.i.downsample``)
 
 
-@register_block("agent_swin")
-def _agent_swin_block(
-    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
-    num_heads: int,
-    attn_type: str = "A",
-    agent_num: int = 49,
-    train_size: int = 14,
-    window_size: int = 7,
-    mlp_ratio: float = 4.0,
-    qkv_bias: bool = True,
-    qk_scale: float | None = None,
-    drop: float = 0.0,
-    device=None,
-    dtype=None,
+@register_mixer("agent_swin")
+def _agent_swin_mixer(
+    dim: int, site: BlockSite, num_heads: int, attn_type: str = "A", agent_num: int = 49, train_size: int = 14,
+    window_size: int = 7, qkv_bias: bool = True, qk_scale: float | None = None,
 ) -> nn.Module:
-    """Agent-Swin block ``index`` of a stage whose kinds are ``attn_type`` (``A``, ``B`` or ``M<k>``).
+    """The mixer of Agent-Swin block ``index`` of a stage whose kinds are ``attn_type`` (``A``, ``B`` or ``M<k>``).
 
     ``A``: agent attention (``agent_num`` agents, biases defined on a ``train_size`` map = the official
     ``min(WINDOW_SIZE, stage map)``); ``B``: Swin window attention of ``window_size`` (official
     ``max(7, WINDOW_SIZE // 8)``), shifted on odd ``index``. Official agent attention ignores ``qk_scale``.
     """
-    dd = {"device": device, "dtype": dtype}
-    kind = _stage_kinds(attn_type, depth)[index]
-    if kind == "A":
-        mixer: nn.Module = AgentAttention(
+    if _stage_kinds(attn_type, site.depth)[site.index] == "A":
+        return AgentAttention(
             dim, num_heads, agent_num=agent_num, train_size=train_size, qkv_layout="qkv", qkv_bias=qkv_bias,
-            proj_drop=drop, **dd,
+            proj_drop=site.drop, **site.dd,
         )
-    else:
-        mixer = ShiftedWindowAttention(
-            dim, num_heads, window_size, shift=index % 2 == 1, qkv_bias=qkv_bias, qk_scale=qk_scale,
-            proj_drop=drop, **dd,
-        )
-    return Block(dim, mixer, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path, **dd)
-
+    return ShiftedWindowAttention(
+        dim, num_heads, window_size, shift=site.index % 2 == 1, qkv_bias=qkv_bias, qk_scale=qk_scale,
+        proj_drop=site.drop, **site.dd,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- configs

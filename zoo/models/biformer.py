@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import torch
 from timm.models import generate_default_cfgs
 from torch import nn
 
-from ..layers import AttentionLePE, BiLevelRoutingAttention, Block, ConvBNDownsample, ConvBNStem, DWConvPos
-from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ..layers import AttentionLePE, BiLevelRoutingAttention, ConvBNDownsample, ConvBNStem
+from ._base import BlockSite, NetCfg, StageCfg, build_backbone, register_downsampler, register_mixer, register_stem
 from ._convert import official_to_zoo, unwrap_state_dict
 from ._family import Family
 
@@ -44,64 +43,43 @@ __all__ = ["FAMILY", "VARIANTS", "biformer_cfg", "biformer_cfg_from_official", "
 
 
 # ------------------------------------------------------------------------------------------------ parts
-@register_stem("biformer")
-def _biformer_stem(in_chans: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
-    """BiFormer stem: conv3×3/2 → BN → GELU → conv3×3/2 → BN (keys ``0, 1, 3, 4``), hidden width ``out_dim/2``."""
-    return ConvBNStem(in_chans, out_dim, device=device, dtype=dtype)
+# official stem conv3×3/2 → BN → GELU → conv3×3/2 → BN (keys 0, 1, 3, 4; hidden width out_dim/2) and downsampler
+# conv3×3/2 (bias) → BatchNorm2d (keys 0, 1): the layers are the builders
+register_stem("biformer")(ConvBNStem)
+register_downsampler("biformer")(ConvBNDownsample)
 
 
-@register_downsampler("biformer")
-def _biformer_down(in_dim: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
-    """BiFormer downsampler: conv3×3/2 (bias) → BatchNorm2d (keys ``0, 1``)."""
-    return ConvBNDownsample(in_dim, out_dim, device=device, dtype=dtype)
-
-
-@register_block("biformer")
-def _biformer_block(
-    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
-    topk: int,
-    num_heads: int = 8,
-    n_win: int = 7,
-    qk_dim: int | None = None,
-    qk_scale: float | None = None,
-    side_dwconv: int = 5,
-    pos_kernel: int = 3,
-    mlp_ratio: float = 3.0,
-    layer_scale: float | None = None,
-    device=None,
-    dtype=None,
+@register_mixer("biformer", mlp_ratio=3.0, norm_eps=1e-6, pos_kernel=3)
+def _biformer_mixer(
+    dim: int, site: BlockSite, topk: int, num_heads: int = 8, n_win: int = 7, qk_dim: int | None = None,
+    qk_scale: float | None = None, side_dwconv: int = 5,
 ) -> nn.Module:
-    """BiFormer block: ``x + pos(x)``, ``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` (LayerNorm eps 1e-6).
+    """BiFormer block: ``x + pos(x)``, ``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` (LayerNorm eps 1e-6, MLP
+    ratio 3, ``pos`` a 3×3 depthwise conv: ``pos_kernel`` 0 drops it, official ``before_attn_dwconv=0``;
+    ``layer_scale`` None: no official ``gamma1``/``gamma2``). The mixers have no dropout.
 
     ``topk > 0``: bi-level routing attention over ``n_win × n_win`` regions with ``num_heads`` heads of
     ``qk_dim / num_heads`` channels (official ``num_heads = qk_dim // head_dim``); ``topk == -2``: dense
     attention + LePE on the input (``AttentionLePE``, official 8 heads); ``topk == -1``: plain dense attention
-    (official ``Attention``: no LePE, ``qkv`` without bias). ``pos_kernel`` 0 drops the ``pos`` conv (official
-    ``before_attn_dwconv=0``); ``layer_scale`` None disables layer scale (official ``gamma1``/``gamma2``).
+    (official ``Attention``: no LePE, ``qkv`` without bias).
     """
-    dd = {"device": device, "dtype": dtype}
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < -2 or topk == 0:
         raise ValueError(
             f"biformer block: topk must be > 0 (routed attention), -1 (dense attention) or -2 (dense attention "
-            f"with LePE), got {topk!r} (stage {stage}); the official topk=0 conv stand-in is not supported"
+            f"with LePE), got {topk!r} (stage {site.stage}); the official topk=0 conv stand-in is not supported"
         )
     if topk > 0:
-        mixer = BiLevelRoutingAttention(
-            dim, num_heads, n_win=n_win, topk=topk, qk_dim=qk_dim, qk_scale=qk_scale, side_dwconv=side_dwconv, **dd
+        return BiLevelRoutingAttention(
+            dim, num_heads, n_win=n_win, topk=topk, qk_dim=qk_dim, qk_scale=qk_scale, side_dwconv=side_dwconv,
+            **site.dd,
         )
-    elif topk == -2:
-        mixer = AttentionLePE(dim, num_heads, qk_scale=qk_scale, side_dwconv=side_dwconv, **dd)
-    else:
-        if num_heads < 1 or dim % num_heads:
-            raise ValueError(f"biformer block: num_heads={num_heads} must divide dim={dim}; pick a divisor")
-        mixer = BiLevelRoutingAttention(
-            dim, num_heads, n_win=1, topk=-1, qk_scale=qk_scale or (dim // num_heads) ** -0.5, side_dwconv=0,
-            qkv_bias=False, proj_name="proj", **dd,
-        )
-    pos = DWConvPos(dim, pos_kernel, **dd) if pos_kernel else None
-    return Block(
-        dim, mixer, mlp_ratio=mlp_ratio, norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path=drop_path,
-        layer_scale=layer_scale, pos=pos, **dd,
+    if topk == -2:
+        return AttentionLePE(dim, num_heads, qk_scale=qk_scale, side_dwconv=side_dwconv, **site.dd)
+    if num_heads < 1 or dim % num_heads:
+        raise ValueError(f"biformer block: num_heads={num_heads} must divide dim={dim}; pick a divisor")
+    return BiLevelRoutingAttention(
+        dim, num_heads, n_win=1, topk=-1, qk_scale=qk_scale or (dim // num_heads) ** -0.5, side_dwconv=0,
+        qkv_bias=False, proj_name="proj", **site.dd,
     )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -38,7 +39,16 @@ from torch import nn
 
 from .. import ops
 from ..layers import Block, CrossScaleEmbedding, DynamicPosBias, PartitionAttention
-from ._base import NetCfg, StageCfg, build_backbone, register_block, register_downsampler, register_stem
+from ._base import (
+    BlockSite,
+    NetCfg,
+    StageCfg,
+    build_backbone,
+    mixer_block,
+    register_block,
+    register_downsampler,
+    register_stem,
+)
 from ._convert import official_to_zoo, swin_layout_keys, unwrap_state_dict
 from ._family import Family
 
@@ -62,19 +72,10 @@ class CrossFormerAttention(PartitionAttention):
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        group_size: int = 7,
-        interval: int = 1,
-        long_distance: bool = False,
-        qkv_bias: bool = True,
-        qk_scale: float | None = None,
-        proj_drop: float = 0.0,
-        device=None,
-        dtype=None,
+        self, dim: int, num_heads: int, group_size: int = 7, interval: int = 1, long_distance: bool = False, **kwargs
     ):
-        dd = {"device": device, "dtype": dtype}
+        """``kwargs``: :class:`~zoo.layers.PartitionAttention`'s ``qkv_bias``, ``qk_scale``, ``proj_drop``,
+        ``device``, ``dtype``."""
         if dim // 16 < 1:
             raise ValueError(
                 f"CrossFormerAttention: dim={dim} gives a dynamic position bias of width dim // 16 = 0; "
@@ -84,19 +85,10 @@ class CrossFormerAttention(PartitionAttention):
             raise ValueError(
                 f"CrossFormerAttention: group_size and interval must be >= 1, got {group_size}, {interval}"
             )
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         super().__init__(
-            dim,
-            num_heads,
-            "dilated" if long_distance else "window",
-            group_size,
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            pos_bias=DynamicPosBias(dim // 4, num_heads, **dd),
-            pos_bias_name="pos",
-            mask_padding=True,
-            proj_drop=proj_drop,
-            interval=interval,
-            **dd,
+            dim, num_heads, "dilated" if long_distance else "window", group_size, interval=interval,
+            pos_bias=DynamicPosBias(dim // 4, num_heads, **dd), pos_bias_name="pos", mask_padding=True, **kwargs,
         )
         self.group_size = group_size
         self.long_distance = long_distance
@@ -135,19 +127,10 @@ class CrossFormerBlock(Block):
     """:class:`~zoo.layers.Block` (``[B, H, W, C]``) with CrossFormer++'s optional amplitude cooling layer:
     ``x = ex_ln(ex_conv(x))`` (depthwise 3×3 conv with bias, then LayerNorm) after the MLP residual."""
 
-    def __init__(
-        self,
-        dim: int,
-        mixer: nn.Module,
-        cooling: bool = False,
-        mlp_ratio: float = 4.0,
-        drop: float = 0.0,
-        drop_path: float = 0.0,
-        device=None,
-        dtype=None,
-    ):
-        dd = {"device": device, "dtype": dtype}
-        super().__init__(dim, mixer, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path, **dd)
+    def __init__(self, dim: int, mixer: nn.Module, cooling: bool = False, **kwargs):
+        """``kwargs``: :class:`~zoo.layers.Block`'s settings (``mlp_ratio``, ``drop``, ``drop_path``, ``device``...)."""
+        super().__init__(dim, mixer, **kwargs)
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         if cooling:
             self.ex_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
             self.ex_ln = nn.LayerNorm(dim, **dd)
@@ -186,30 +169,20 @@ def _crossformer_merge(
     return CrossScaleEmbedding(in_dim, out_dim, kernel_sizes, mode="merge", device=device, dtype=dtype)
 
 
+def _crossformer_mixer(dim: int, site: BlockSite, num_heads: int, **kw) -> nn.Module:
+    """SDA for even ``index``, LDA for odd; ``kw``: :class:`CrossFormerAttention`'s ``group_size``,
+    ``interval``, ``qkv_bias``, ``qk_scale``."""
+    return CrossFormerAttention(dim, num_heads, long_distance=site.index % 2 == 1, proj_drop=site.drop, **kw, **site.dd)
+
+
 @register_block("crossformer")
-def _crossformer_block(
-    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
-    num_heads: int,
-    group_size: int = 7,
-    interval: int = 1,
-    mlp_ratio: float = 4.0,
-    qkv_bias: bool = True,
-    qk_scale: float | None = None,
-    drop: float = 0.0,
-    cooling: bool = False,
-    device=None,
-    dtype=None,
-) -> nn.Module:
-    """SDA for even ``index``, LDA for odd; ``cooling`` (CrossFormer++) adds the amplitude cooling layer to
-    blocks with ``(index + 1) % 3 == 0`` except the stage's last."""
-    dd = {"device": device, "dtype": dtype}
-    mixer = CrossFormerAttention(
-        dim, num_heads, group_size, interval, long_distance=index % 2 == 1,
-        qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=drop, **dd,
-    )
-    use_cooling = cooling and (index + 1) % 3 == 0 and index < depth - 1
-    return CrossFormerBlock(
-        dim, mixer, use_cooling, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path, **dd
+def _crossformer_block(dim: int, *, index: int, depth: int, cooling: bool = False, **kw) -> nn.Module:
+    """:func:`~zoo.models._base.mixer_block` around :func:`_crossformer_mixer` (``kw``: the block's and the
+    mixer's settings); ``cooling`` (CrossFormer++) adds the amplitude cooling layer to blocks with
+    ``(index + 1) % 3 == 0`` except the stage's last."""
+    cool = cooling and (index + 1) % 3 == 0 and index < depth - 1
+    return mixer_block(
+        _crossformer_mixer, dim, index=index, depth=depth, block=partial(CrossFormerBlock, cooling=cool), **kw
     )
 
 

@@ -93,17 +93,16 @@ class MaxViTBlock(nn.Module):
         window_size: int | tuple[int, int] = 7,
         grid_size: int | tuple[int, int] | None = None,
         mlp_ratio: float = 4.0,
-        expand_ratio: float = 4.0,
-        se_ratio: float = 0.25,
-        kernel_size: int = 3,
         act_layer: str = "gelu_tanh",
-        conv_norm_eps: float = 1e-3,
         norm_eps: float = 1e-5,
-        padding: str = "same",
+        conv_norm_eps: float = 1e-3,
         drop_path: float = 0.0,
         device=None,
         dtype=None,
+        **conv_kwargs,
     ):
+        """``conv_kwargs``: :class:`~zoo.layers.MBConv`'s ``expand_ratio``, ``kernel_size``, ``se_ratio``,
+        ``padding`` (defaults: MaxViT's); ``conv_norm_eps``: its BatchNorm eps."""
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         if dim_head < 1 or dim % dim_head:
@@ -119,8 +118,7 @@ class MaxViTBlock(nn.Module):
                 f"(img_size // 32: use img_size >= 32)"
             )
         self.conv = MBConv(
-            in_dim, dim, stride, expand_ratio=expand_ratio, kernel_size=kernel_size, se_ratio=se_ratio,
-            act_layer=act_layer, norm_eps=conv_norm_eps, padding=padding, drop_path=drop_path, **dd,
+            in_dim, dim, stride, act_layer=act_layer, norm_eps=conv_norm_eps, drop_path=drop_path, **conv_kwargs, **dd
         )
         common = dict(dim_head=dim_head, mlp_ratio=mlp_ratio, norm_eps=norm_eps, act_layer=act_layer,
                       drop_path=drop_path, dd=dd)
@@ -162,29 +160,11 @@ def _maxvit_stem(
 
 @register_block("maxvit")
 def _maxvit_block(
-    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
-    in_dim: int,
-    dim_head: int = 32,
-    window_size: int | tuple[int, int] = 7,
-    grid_size: int | tuple[int, int] | None = None,
-    mlp_ratio: float = 4.0,
-    expand_ratio: float = 4.0,
-    se_ratio: float = 0.25,
-    kernel_size: int = 3,
-    act_layer: str = "gelu_tanh",
-    conv_norm_eps: float = 1e-3,
-    norm_eps: float = 1e-5,
-    padding: str = "same",
-    device=None,
-    dtype=None,
+    dim: int, *, index: int, depth: int, stage: int, drop_path: float, in_dim: int, **kw
 ) -> nn.Module:
-    """A :class:`MaxViTBlock`; block 0 of a stage maps ``in_dim`` (previous width) → ``dim`` at stride 2."""
-    return MaxViTBlock(
-        in_dim if index == 0 else dim, dim, 2 if index == 0 else 1, dim_head=dim_head, window_size=window_size,
-        grid_size=grid_size, mlp_ratio=mlp_ratio, expand_ratio=expand_ratio, se_ratio=se_ratio,
-        kernel_size=kernel_size, act_layer=act_layer, conv_norm_eps=conv_norm_eps, norm_eps=norm_eps,
-        padding=padding, drop_path=drop_path, device=device, dtype=dtype,
-    )
+    """A :class:`MaxViTBlock` (``kw``: its settings); block 0 of a stage maps ``in_dim`` (previous width) →
+    ``dim`` at stride 2."""
+    return MaxViTBlock(in_dim if index == 0 else dim, dim, 2 if index == 0 else 1, drop_path=drop_path, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -310,23 +290,12 @@ class MaxViT(Backbone):
     ``img_size // 32`` (``window_size=``: another window = grid), every bias table resized to it (timm's
     geometric resize, what the converter does to 224 px weights loaded at 384)."""
 
-    def __init__(
-        self,
-        cfg: NetCfg,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        global_pool: str = "avg",
-        drop_rate: float = 0.0,
-        drop_path_rate: float | None = None,
-        img_size: int | tuple[int, int] | None = None,
-        device=None,
-        dtype=None,
-    ):
+    def __init__(self, cfg: NetCfg, *args, img_size: int | tuple[int, int] | None = None, **kwargs):
+        """As :class:`~zoo.models.Backbone` (``img_size`` by keyword)."""
         if img_size is not None:
             hw = input_hw("MaxViT", img_size)  # >= 32: a window of img_size // 32 >= 1
             cfg = _with_window(cfg, (hw[0] // 32, hw[1] // 32))
-        super().__init__(cfg, num_classes, in_chans, global_pool, drop_rate, drop_path_rate, img_size,
-                         device=device, dtype=dtype)
+        super().__init__(cfg, *args, img_size=img_size, **kwargs)
 
     def resized_cfg(self, hw: tuple[int, int], window_size: int | tuple[int, int] | None = None) -> NetCfg:
         if window_size is None:

@@ -31,7 +31,6 @@ from timm.models import generate_default_cfgs, get_pretrained_cfg, list_pretrain
 from torch import nn
 
 from ..layers import (
-    Block,
     ConvDownsampler,
     ConvTokenizer,
     NeighborhoodAttention2D,
@@ -41,13 +40,14 @@ from ..layers import (
 )
 from ._base import (
     Backbone,
+    BlockSite,
     NetCfg,
     StageCfg,
     build_backbone,
     current_input_size,
     input_hw,
-    register_block,
     register_downsampler,
+    register_mixer,
     register_stem,
 )
 from ._convert import check_fits, official_to_zoo, swin_layout_keys, unwrap_state_dict
@@ -57,57 +57,28 @@ __all__ = ["FAMILY", "NAT", "VARIANTS", "checkpoint_filter_fn", "dinat_resized",
 
 
 # ------------------------------------------------------------------------------------------------ parts
-@register_stem("nat")
-def _nat_stem(in_chans: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
-    """NAT ``ConvTokenizer``: conv3×3/2 → conv3×3/2 → LayerNorm (keys ``proj.0``, ``proj.1``, ``norm``)."""
-    return ConvTokenizer(in_chans, out_dim, device=device, dtype=dtype)
+# official ConvTokenizer (conv3×3/2 → conv3×3/2 → LayerNorm: keys proj.0, proj.1, norm), DiNAT_s PatchEmbed (conv
+# p×p/p on the zero-padded input → LayerNorm), NAT ConvDownsampler (conv3×3/2 without bias → LayerNorm), DiNAT_s
+# Swin PatchMerging (2×2 concat → LayerNorm(4C) → Linear without bias): the layers are the builders
+register_stem("nat")(ConvTokenizer)
+register_stem("nat_patch")(PatchEmbed)
+register_downsampler("nat")(ConvDownsampler)
+register_downsampler("nat_merge")(PatchMerging)
 
 
-@register_stem("nat_patch")
-def _nat_patch_stem(in_chans: int, out_dim: int, *, patch_size: int = 4, device=None, dtype=None) -> nn.Module:
-    """DiNAT_s ``PatchEmbed``: conv ``p×p`` stride ``p`` (input zero-padded to a multiple) → LayerNorm."""
-    return PatchEmbed(in_chans, out_dim, patch_size=patch_size, device=device, dtype=dtype)
-
-
-@register_downsampler("nat")
-def _nat_down(in_dim: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
-    """NAT ``ConvDownsampler``: conv3×3/2 (no bias) → LayerNorm."""
-    return ConvDownsampler(in_dim, out_dim, device=device, dtype=dtype)
-
-
-@register_downsampler("nat_merge")
-def _nat_merge(in_dim: int, out_dim: int, *, device=None, dtype=None) -> nn.Module:
-    """DiNAT_s Swin ``PatchMerging``: 2×2 concat → LayerNorm(4C) → Linear (no bias)."""
-    return PatchMerging(in_dim, out_dim, device=device, dtype=dtype)
-
-
-@register_block("nat")
-def _nat_block(
-    dim: int, *, index: int, depth: int, stage: int, drop_path: float,  # the block protocol (register_block)
-    num_heads: int,
-    kernel_size: int = 7,
-    dilations: Sequence[int] | None = None,
-    mlp_ratio: float = 4.0,
-    qkv_bias: bool = True,
-    qk_scale: float | None = None,
-    drop: float = 0.0,
-    attn_drop: float = 0.0,
-    layer_scale: float | None = None,
-    device=None,
-    dtype=None,
+@register_mixer("nat")
+def _nat_mixer(
+    dim: int, site: BlockSite, num_heads: int, kernel_size: int = 7, dilations: Sequence[int] | None = None, **kw
 ) -> nn.Module:
-    """NAT/DiNAT layer: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` (optional layer scale); the mixer is
-    ``NeighborhoodAttention2D`` with dilation ``dilations[index]`` (1 when ``dilations`` is None)."""
-    dd = {"device": device, "dtype": dtype}
-    if dilations is not None and len(dilations) != depth:
+    """NAT/DiNAT layer (``x + attn(norm1(x))``, ``x + mlp(norm2(x))``, optional layer scale): the mixer is
+    ``NeighborhoodAttention2D`` with dilation ``dilations[index]`` (1 when ``dilations`` is None); ``kw``: its
+    ``qkv_bias``, ``qk_scale``, ``attn_drop``."""
+    if dilations is not None and len(dilations) != site.depth:
         raise ValueError(
-            f"nat block: stage {stage} has depth {depth} but {len(dilations)} dilations; give one per block"
+            f"nat block: stage {site.stage} has depth {site.depth} but {len(dilations)} dilations; give one per block"
         )
-    mixer = NeighborhoodAttention2D(
-        dim, num_heads, kernel_size, dilation=1 if dilations is None else int(dilations[index]),
-        qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop, **dd,
-    )
-    return Block(dim, mixer, mlp_ratio=mlp_ratio, drop=drop, drop_path=drop_path, layer_scale=layer_scale, **dd)
+    dilation = 1 if dilations is None else int(dilations[site.index])
+    return NeighborhoodAttention2D(dim, num_heads, kernel_size, dilation=dilation, proj_drop=site.drop, **kw, **site.dd)
 
 
 # ---------------------------------------------------------------------------------------------- configs
