@@ -78,32 +78,33 @@ def probe(panel, query=None) -> torch.Tensor:
 QUERIES_16 = [(6, 9), (0, 0), (15, 15), (0, 13), (9, 1), (15, 7)]
 
 
-# ------------------------------------------------------------------------------------------ window / grid
-@pytest.mark.parametrize("query", QUERIES_16)
-def test_window_is_the_query_s_own_tile(query):
-    panel = FIGURES["window_grid"].panels[0]
-    i, j = query
-    expect = box(panel.hw, range(i // 4 * 4, i // 4 * 4 + 4), range(j // 4 * 4, j // 4 * 4 + 4))
-    assert torch.equal(probe(panel, query), expect)
+# ------------------------------------------------------------------------------- window / grid / CrossFormer SDA
+def own_tile(length: int, i: int) -> list[int]:
+    """Window partition of 4 along one axis: the 4 positions of ``i``'s own tile."""
+    return list(range(i // 4 * 4, i // 4 * 4 + 4))
+
+
+def stride_4(length: int, i: int) -> list[int]:
+    """Grid partition with stride H/G = 4 along one axis: the positions with ``i``'s offset in every block."""
+    return [r for r in range(length) if r % 4 == i % 4]
 
 
 @pytest.mark.parametrize("query", QUERIES_16)
-def test_grid_is_the_pixels_with_the_query_s_offset_in_every_stride_block(query):
-    panel = FIGURES["window_grid"].panels[1]  # MaxViT grid 4x4 on 16x16: stride H/G = 4
-    i, j = query
-    expect = box(panel.hw, [r for r in range(16) if r % 4 == i % 4], [c for c in range(16) if c % 4 == j % 4])
-    assert torch.equal(probe(panel, query), expect)
+@pytest.mark.parametrize(
+    "figure, index, axis",
+    [
+        pytest.param("window_grid", 0, own_tile, id="maxvit_window"),  # MaxViT window 4x4 on 16x16
+        pytest.param("window_grid", 1, stride_4, id="maxvit_grid"),  # MaxViT grid 4x4 on 16x16
+        pytest.param("crossformer", 0, own_tile, id="crossformer_sda"),  # CrossFormer SDA: group window 4
+    ],
+)
+def test_partition_key_set_is_the_product_of_the_per_axis_sets(figure, index, axis, query):
+    panel = FIGURES[figure].panels[index]
+    (i, j), (H, W) = query, panel.hw
+    assert torch.equal(probe(panel, query), box(panel.hw, axis(H, i), axis(W, j)))
 
 
 # ------------------------------------------------------------------------------------------ CrossFormer
-@pytest.mark.parametrize("query", QUERIES_16)
-def test_crossformer_sda_is_the_group_window(query):
-    panel = FIGURES["crossformer"].panels[0]
-    i, j = query
-    expect = box(panel.hw, range(i // 4 * 4, i // 4 * 4 + 4), range(j // 4 * 4, j // 4 * 4 + 4))
-    assert torch.equal(probe(panel, query), expect)
-
-
 @pytest.mark.parametrize("query", QUERIES_16)
 def test_crossformer_lda_is_every_interval_th_pixel_of_the_query_s_region(query):
     panel = FIGURES["crossformer"].panels[1]  # G = 4, I = 2: regions of G·I = 8, pixels 2 apart inside
