@@ -30,7 +30,7 @@ import torch
 from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import needs_grad as _needs_grad
 from ._dispatch import register, select
-from .attention import _sdpa_supports, dispatch_attention
+from .attention import _sdpa_supports, default_scale, dispatch_attention, softmax_probs
 from .sizes import pair
 
 
@@ -69,26 +69,16 @@ def adaptive_avg_pool2d_matmul(x: torch.Tensor, out_hw: int | tuple[int, int]) -
     return torch.einsum("jw,biwc->bijc", pw, x)
 
 
-def _logits_plus(logits: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if bias is None:
-        return logits
-    if bias.dtype == torch.bool:
-        return logits.masked_fill(~bias, float("-inf"))
-    return logits + bias
-
-
 @register("agent_attention", "reference")
 def agent_attention_reference(q, k, v, agent, agent_bias=None, query_bias=None, scale=None):
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    agent_attn = _logits_plus((agent * scale) @ k.transpose(-2, -1), agent_bias).softmax(dim=-1)
-    agent_v = agent_attn @ v
-    q_attn = _logits_plus((q * scale) @ agent.transpose(-2, -1), query_bias).softmax(dim=-1)
-    return q_attn @ agent_v
+    scale = default_scale(q, scale)
+    agent_v = softmax_probs(agent, k, scale, agent_bias) @ v
+    return softmax_probs(q, agent, scale, query_bias) @ agent_v
 
 
 @register("agent_attention", "sdpa", supports=_sdpa_supports)
 def agent_attention_sdpa(q, k, v, agent, agent_bias=None, query_bias=None, scale=None):
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = default_scale(q, scale)
     agent_v = dispatch_attention(agent, k, v, agent_bias, scale)
     return dispatch_attention(q, agent, agent_v, query_bias, scale)
 

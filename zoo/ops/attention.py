@@ -30,7 +30,8 @@ from ._dispatch import needs_grad as _needs_grad
 from .sizes import is_capturing
 
 
-def _scale(q: torch.Tensor, scale: float | None) -> float:
+def default_scale(q: torch.Tensor, scale: float | None) -> float:
+    """The logit scale: ``scale``, or ``d ** -0.5`` for ``q: [..., d]`` when it is None."""
     return q.shape[-1] ** -0.5 if scale is None else scale
 
 
@@ -40,16 +41,32 @@ def _as_4d(bias: torch.Tensor) -> torch.Tensor:
     return bias
 
 
+def add_logit_bias(logits: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``logits + bias`` for a float bias; a bool bias is a keep-mask (False → ``-inf``); None leaves them."""
+    if bias is None:
+        return logits
+    if bias.dtype == torch.bool:
+        return logits.masked_fill(~bias, float("-inf"))
+    return logits + bias
+
+
+def softmax_probs(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention probabilities ``softmax((q·scale) kᵀ + bias)`` over the keys: ``q: [..., Nq, d]``,
+    ``k: [..., Nk, d]``, ``bias`` as in :func:`add_logit_bias` → ``[..., Nq, Nk]``. The explicit form every
+    plain-PyTorch attention path of zoo.ops uses (reference paths, CPU training forms, recomputing backwards)."""
+    return add_logit_bias((q * scale) @ k.transpose(-2, -1), bias).softmax(dim=-1)
+
+
+def softmax_logit_grad(p: torch.Tensor, v: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """Gradient of the logits of ``out = p @ v``, ``p = softmax(logits)``: ``dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O))``
+    (flash attention's backward). ``p: [..., Nq, Nk]``, ``v: [..., Nk, dv]``, ``out, grad_out: [..., Nq, dv]``.
+    Then ``dq = dS·k·scale``, ``dk = dSᵀ·q·scale``, ``dv = Pᵀ·dO``."""
+    return (grad_out @ v.transpose(-2, -1)).sub_((grad_out * out).sum(-1, keepdim=True)).mul_(p)
+
+
 @register("attention", "reference")
 def attention_reference(q, k, v, bias=None, scale=None):
-    attn = (q * _scale(q, scale)) @ k.transpose(-2, -1)
-    if bias is not None:
-        if bias.dtype == torch.bool:
-            attn = attn.masked_fill(~bias, float("-inf"))
-        else:
-            attn = attn + bias
-    attn = attn.softmax(dim=-1)
-    return attn @ v
+    return softmax_probs(q, k, default_scale(q, scale), bias) @ v
 
 
 def _sum_to_shape(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -77,11 +94,9 @@ class _BiasedSDPA(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, bias, out = ctx.saved_tensors
         scale = ctx.scale
-        logits = torch.matmul(q * scale, k.transpose(-2, -1)) + bias
-        p = logits.softmax(dim=-1)
+        p = softmax_probs(q, k, scale, bias)
         dv = p.transpose(-2, -1) @ grad_out
-        dp = grad_out @ v.transpose(-2, -1)
-        ds = p * (dp - (grad_out * out).sum(-1, keepdim=True))
+        ds = softmax_logit_grad(p, v, out, grad_out)
         dq = (ds @ k) * scale
         dk = (ds.transpose(-2, -1) @ q) * scale
         dbias = _sum_to_shape(ds, bias.shape) if ctx.needs_input_grad[3] else None
@@ -100,7 +115,7 @@ def _sdpa_supports(device, dtype, needs_grad=False, **kw) -> list[str]:
 
 @register("attention", "sdpa", supports=_sdpa_supports)
 def attention_sdpa(q, k, v, bias=None, scale=None):
-    scale = _scale(q, scale)
+    scale = default_scale(q, scale)
     if bias is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if (
@@ -140,7 +155,7 @@ def _triton_supports(device, dtype, nq=0, nk=0, d=0, dv=0, ndim=0, has_bias=Fals
 @register("attention", "triton", supports=_triton_supports)
 def attention_triton(q, k, v, bias=None, scale=None):
     """Fused kernel of :mod:`zoo.ops.triton.window_attention` (bias gradient included)."""
-    return _triton.load("window_attention").window_attention(q, k, v, bias, _scale(q, scale))
+    return _triton.load("window_attention").window_attention(q, k, v, bias, default_scale(q, scale))
 
 
 def _sample(device: torch.device, dtype: torch.dtype, backend: str) -> tuple:

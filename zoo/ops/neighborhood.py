@@ -54,7 +54,7 @@ from . import triton as _triton
 from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import has_module, register, register_sample, select
 from ._dispatch import needs_grad as _needs_grad
-from .attention import dispatch_attention
+from .attention import default_scale, dispatch_attention
 from .sizes import is_capturing, is_tracing
 
 __all__ = ["neighborhood_attention1d", "neighborhood_attention2d", "neighborhood_window"]
@@ -157,15 +157,11 @@ def _dense_tables(shape: tuple[int, ...], ks: int, dil: int, device: torch.devic
 # paths; all take flattened maps q/k/v [B, heads, N, d], the map shape, and rpb flattened to [heads, R]
 
 
-def _scale(q: torch.Tensor, scale: float | None) -> float:
-    return q.shape[-1] ** -0.5 if scale is None else scale
-
-
 def _na_gather(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     idx, rel = _window_tables(shape, ks, dil, q.device)
     kg = k[:, :, idx]  # [B, h, N, K, d]
     vg = v[:, :, idx]  # [B, h, N, K, dv]
-    logits = ((q * _scale(q, scale)).unsqueeze(-2) @ kg.transpose(-2, -1)).squeeze(-2)  # [B, h, N, K]
+    logits = ((q * default_scale(q, scale)).unsqueeze(-2) @ kg.transpose(-2, -1)).squeeze(-2)  # [B, h, N, K]
     if rpb is not None:
         logits = logits + rpb[:, rel]  # [h, N, K]
     attn = logits.softmax(dim=-1)
@@ -180,7 +176,7 @@ def _na_dense(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
         bias = keep
     else:
         bias = rpb[:, rel].masked_fill(~keep, float("-inf")).unsqueeze(0)  # [1, h, N, N]
-    return dispatch_attention(q, k, v, bias, scale=_scale(q, scale))
+    return dispatch_attention(q, k, v, bias, scale=default_scale(q, scale))
 
 
 def _tile_tables(shape: tuple[int, int], ks: int, tile: int, device: torch.device):
@@ -245,7 +241,7 @@ def _na_tiled(q, k, v, shape, ks, rpb, scale):
     table = q.new_zeros(h, R) if rpb is None else rpb
     ext = torch.cat([table, q.new_zeros(h, 1), q.new_full((h, 1), float("-inf"))], dim=1)
     bias = ext[:, bias_idx].unsqueeze(0)  # [1, h, T, P, L]
-    out = dispatch_attention(q[:, :, qidx], k[:, :, kidx], v[:, :, kidx], bias, scale=_scale(q, scale))
+    out = dispatch_attention(q[:, :, qidx], k[:, :, kidx], v[:, :, kidx], bias, scale=default_scale(q, scale))
     return out.reshape(B, h, -1, out.shape[-1])[:, :, inverse]
 
 
@@ -346,7 +342,7 @@ def _na_flex(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
                 r = rel(q_idx // W, kv_idx // W) * side + rel(q_idx % W, kv_idx % W)
                 return score + rpb[h, r]
 
-    return _flex_fn(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=_scale(q, scale))
+    return _flex_fn(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=default_scale(q, scale))
 
 
 def _na_natten(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
@@ -359,7 +355,7 @@ def _na_natten(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
         return t.reshape(B, h, *shape, t.shape[-1]).movedim(1, -2)
 
     out = fn(
-        heads_last(q), heads_last(k), heads_last(v), kernel_size=ks, dilation=dil, scale=_scale(q, scale)
+        heads_last(q), heads_last(k), heads_last(v), kernel_size=ks, dilation=dil, scale=default_scale(q, scale)
     )
     return out.movedim(-2, 1).reshape(B, h, -1, out.shape[-1])
 
@@ -414,7 +410,7 @@ def _triton_ok(device, dtype, has_rpb=False, dropout=False, **kw) -> list[str]:
 
 def _na_triton(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     mod = _triton.load("neighborhood")
-    return mod.neighborhood_attention2d(q, k, v, shape, ks, dil, rpb, _scale(q, scale))
+    return mod.neighborhood_attention2d(q, k, v, shape, ks, dil, rpb, default_scale(q, scale))
 
 
 def _sdpa2d_ok(device, dtype, tokens=0, dropout=False, needs_grad=False, **kw) -> list[str]:

@@ -48,7 +48,7 @@ from . import triton as _triton
 from ._checks import check_qkv, checked_output, empty_batch_output
 from ._dispatch import needs_grad as _needs_grad
 from ._dispatch import register, register_sample, select
-from .attention import attention_sdpa
+from .attention import attention_sdpa, softmax_logit_grad, softmax_probs
 from .sizes import pair
 
 _OP = "routed_attention"
@@ -135,7 +135,7 @@ def _attend_gathered(qr, kr, vr, idx, scale):
     B, R, h, n, _ = qr.shape
     ks, vs = _gather_regions(kr, idx), _gather_regions(vr, idx)  # [B·R, h, topk·n, c]
     qf = qr.reshape(B * R, h, n, -1)
-    out = ((qf * scale) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
+    out = softmax_probs(qf, ks, scale) @ vs
     return out.view(B, R, h, n, -1)
 
 
@@ -181,7 +181,7 @@ def routed_attention_sdpa(q, k, v, num_regions, topk, scale, indices=None):
     # product (or, once the gathered keys/values would be large, the chunked form above, which never holds
     # them all).
     if train_cpu:
-        out = ((qh * scale) @ ks.transpose(-2, -1)).softmax(dim=-1) @ vs
+        out = softmax_probs(qh, ks, scale) @ vs
     else:
         out = F.scaled_dot_product_attention(qh, ks, vs, scale=scale)
     return _from_regions_head_major(out, num_regions, B, (H, W))
@@ -229,8 +229,8 @@ class _ChunkedRouted(torch.autograd.Function):
     def forward(ctx, qh, kh, vh, idx, scale):
         out = vh.new_empty(*qh.shape[:3], vh.shape[3])
         for s, e, sel in _chunks(qh, kh, vh, idx):
-            logits = (qh[:, s:e] * scale) @ _gather_chunk(kh, sel, e - s).transpose(-2, -1)
-            out[:, s:e] = logits.softmax(dim=-1) @ _gather_chunk(vh, sel, e - s)
+            p = softmax_probs(qh[:, s:e], _gather_chunk(kh, sel, e - s), scale)
+            out[:, s:e] = p @ _gather_chunk(vh, sel, e - s)
         ctx.save_for_backward(qh, kh, vh, idx, out)
         ctx.scale = scale
         return out
@@ -244,9 +244,9 @@ class _ChunkedRouted(torch.autograd.Function):
         for s, e, sel in _chunks(qh, kh, vh, idx):
             ks, vs = _gather_chunk(kh, sel, e - s), _gather_chunk(vh, sel, e - s)
             qs, do = qh[:, s:e], dout[:, s:e]
-            p = ((qs * scale) @ ks.transpose(-2, -1)).softmax(dim=-1)  # [h, c, n, topk·n]
+            p = softmax_probs(qs, ks, scale)  # [h, c, n, topk·n]
             dv.index_add_(1, sel, (p.transpose(-2, -1) @ do).view(h, -1, n, vh.shape[3]))
-            ds = (do @ vs.transpose(-2, -1)).sub_((do * out[:, s:e]).sum(-1, keepdim=True)).mul_(p)
+            ds = softmax_logit_grad(p, vs, out[:, s:e], do)
             dq[:, s:e] = ds @ ks
             dk.index_add_(1, sel, (ds.transpose(-2, -1) @ qs).view(h, -1, n, d), alpha=scale)
         dq.mul_(scale)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, dot_flags, mma, row_max, row_sum
+from . import _common as common
 
 
 @triton.jit
@@ -32,7 +32,12 @@ def _window_start(j, glen, KS: tl.constexpr):
 
 
 @triton.jit
-def _tile_setup(pid0, qy, HMAP, WMAP, DIL, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _tile_setup(NHEADS, HMAP, WMAP, DIL, KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's query tile (the forward and the backward tile alike): batch ``b``, head ``h``, ``bh``,
+    query row ``qy``, and the tile's positions, window masks and key columns."""
+    pid0 = tl.program_id(0)
+    qy = tl.program_id(1)
+    bh = tl.program_id(2)
     gx = pid0 % DIL
     j0 = (pid0 // DIL) * BLOCK_M
     glen_x = (WMAP - gx + DIL - 1) // DIL
@@ -51,7 +56,7 @@ def _tile_setup(pid0, qy, HMAP, WMAP, DIL, KS: tl.constexpr, BLOCK_M: tl.constex
     qpos = qy * WMAP + gx + jx * DIL
     kcol = gx + jk * DIL
     mask_n = jk < glen_x
-    return mask_m, in_win, rel_x, gy, jy, sy, qpos, kcol, mask_n
+    return bh // NHEADS, bh % NHEADS, bh, qy, mask_m, in_win, rel_x, gy, jy, sy, qpos, kcol, mask_n
 
 
 @triton.jit
@@ -65,52 +70,29 @@ def _na2d_fwd_kernel(
     KS: tl.constexpr, HAS_RPB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid0 = tl.program_id(0)
-    qy = tl.program_id(1)
-    bh = tl.program_id(2)
-    b = bh // NHEADS
-    h = bh % NHEADS
-    mask_m, in_win, rel_x, gy, jy, sy, qpos, kcol, mask_n = _tile_setup(
-        pid0, qy, HMAP, WMAP, DIL, KS, BLOCK_M, BLOCK_N
+    b, h, bh, qy, mask_m, in_win, rel_x, gy, jy, sy, qpos, kcol, mask_n = _tile_setup(
+        NHEADS, HMAP, WMAP, DIL, KS, BLOCK_M, BLOCK_N
     )
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(
-        Q + b * s_qb + h * s_qh + qpos[:, None] * s_qn + offs_d[None, :] * s_qd,
-        mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0,
-    )
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
-    acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
+    offs_d, offs_dv, mask_d, mask_dv = common.head_offsets(D, DV, BLOCK_D, BLOCK_DV)
+    q = common.load_tile(Q + b * s_qb + h * s_qh, qpos * s_qn, offs_d, s_qd, mask_m, mask_d, False)
+    m_i, l_i, acc = common.softmax_init(BLOCK_M, BLOCK_DV)
     for t in range(KS):
         ky = gy + (sy + t) * DIL
         kpos = ky * WMAP + kcol
-        kt = tl.load(
-            K + b * s_kb + h * s_kh + kpos[None, :] * s_kn + offs_d[:, None] * s_kd,
-            mask=mask_n[None, :] & (offs_d[:, None] < D), other=0.0,
-        )
-        s = mma(q, kt, PREC, UPCAST) * qk_scale
+        kt = common.load_tile(K + b * s_kb + h * s_kh, kpos * s_kn, offs_d, s_kd, mask_n, mask_d, True)
+        v = common.load_tile(V + b * s_vb + h * s_vh, kpos * s_vn, offs_dv, s_vd, mask_n, mask_dv, False)
+        s = common.mma(q, kt, PREC, UPCAST) * qk_scale
         if HAS_RPB:
             rel_y = sy + t - jy + (KS - 1)
             bias = tl.load(RPB + h * (2 * KS - 1) * (2 * KS - 1) + rel_y * (2 * KS - 1) + rel_x, mask=in_win, other=0.0)
             s += bias.to(tl.float32) * 1.4426950408889634
         s = tl.where(in_win, s, float("-inf"))
-        m_new = tl.maximum(m_i, row_max(s))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + row_sum(p)
-        v = tl.load(
-            V + b * s_vb + h * s_vh + kpos[:, None] * s_vn + offs_dv[None, :] * s_vd,
-            mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0,
-        )
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PREC, UPCAST)
-        m_i = m_new
+        m_i, l_i, acc = common.softmax_step(s, v, m_i, l_i, acc, PREC, UPCAST)
     l_safe = tl.where(mask_m, l_i, 1.0)
     out = acc / l_safe[:, None]
     tl.store(
         O + b * s_ob + h * s_oh + qpos[:, None] * s_on + offs_dv[None, :] * s_od,
-        out.to(O.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < DV),
+        out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :],
     )
     tl.store(LSE + bh * HMAP * WMAP + qpos, m_i + tl.log2(l_safe), mask=mask_m)
 
@@ -129,26 +111,12 @@ def _na2d_bwd_kernel(
 ):
     # DQ: [B, heads, N, D] (q's dtype); DK, DV: fp32 [B, heads, N, D / DV] zeroed;
     # DRPB: fp32 [B, HMAP, heads, (2k-1)²] zeroed (summed over batch and rows by the caller).
-    pid0 = tl.program_id(0)
-    qy = tl.program_id(1)
-    bh = tl.program_id(2)
-    b = bh // NHEADS
-    h = bh % NHEADS
-    mask_m, in_win, rel_x, gy, jy, sy, qpos, kcol, mask_n = _tile_setup(
-        pid0, qy, HMAP, WMAP, DIL, KS, BLOCK_M, BLOCK_N
+    b, h, bh, qy, mask_m, in_win, rel_x, gy, jy, sy, qpos, kcol, mask_n = _tile_setup(
+        NHEADS, HMAP, WMAP, DIL, KS, BLOCK_M, BLOCK_N
     )
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    mask_d = offs_d < D
-    mask_dv = offs_dv < DVDIM
-    q = tl.load(
-        Q + b * s_qb + h * s_qh + qpos[:, None] * s_qn + offs_d[None, :] * s_qd,
-        mask=mask_m[:, None] & mask_d[None, :], other=0.0,
-    )
-    do = tl.load(
-        DO + b * s_ob + h * s_oh + qpos[:, None] * s_on + offs_dv[None, :] * s_od,
-        mask=mask_m[:, None] & mask_dv[None, :], other=0.0,
-    )
+    offs_d, offs_dv, mask_d, mask_dv = common.head_offsets(D, DVDIM, BLOCK_D, BLOCK_DV)
+    q = common.load_tile(Q + b * s_qb + h * s_qh, qpos * s_qn, offs_d, s_qd, mask_m, mask_d, False)
+    do = common.load_tile(DO + b * s_ob + h * s_oh, qpos * s_on, offs_dv, s_od, mask_m, mask_dv, False)
     lse = tl.load(LSE + bh * HMAP * WMAP + qpos, mask=mask_m, other=0.0)
     delta = tl.load(DELTA + bh * HMAP * WMAP + qpos, mask=mask_m, other=0.0)
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
@@ -156,28 +124,17 @@ def _na2d_bwd_kernel(
     for t in range(KS):
         ky = gy + (sy + t) * DIL
         kpos = ky * WMAP + kcol
-        k = tl.load(
-            K + b * s_kb + h * s_kh + kpos[:, None] * s_kn + offs_d[None, :] * s_kd,
-            mask=mask_n[:, None] & mask_d[None, :], other=0.0,
-        )
-        v = tl.load(
-            V + b * s_vb + h * s_vh + kpos[:, None] * s_vn + offs_dv[None, :] * s_vd,
-            mask=mask_n[:, None] & mask_dv[None, :], other=0.0,
-        )
-        s = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
+        k = common.load_tile(K + b * s_kb + h * s_kh, kpos * s_kn, offs_d, s_kd, mask_n, mask_d, False)
+        v = common.load_tile(V + b * s_vb + h * s_vh, kpos * s_vn, offs_dv, s_vd, mask_n, mask_dv, False)
+        s = common.mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
         rel_y = sy + t - jy + (KS - 1)
         if HAS_RPB:
             bias = tl.load(RPB + h * RR * RR + rel_y * RR + rel_x, mask=in_win, other=0.0)
             s += bias.to(tl.float32) * 1.4426950408889634
-        p = tl.where(in_win, tl.exp2(s - lse[:, None]), 0.0)
-        dp = mma(do, tl.trans(v), PREC, UPCAST)
-        ds = p * (dp - delta[:, None])
-        dq += mma(ds.to(k.dtype), k, PREC, UPCAST)
-        row = bh * HMAP * WMAP + kpos
-        dv = mma(tl.trans(p).to(do.dtype), do, PREC, UPCAST)
-        tl.atomic_add(DV + row[:, None] * DVDIM + offs_dv[None, :], dv, mask=mask_n[:, None] & mask_dv[None, :])
-        dk = mma(tl.trans(ds).to(q.dtype), q, PREC, UPCAST) * scale
-        tl.atomic_add(DK + row[:, None] * D + offs_d[None, :], dk, mask=mask_n[:, None] & mask_d[None, :])
+        p, ds = common.softmax_grad(s, in_win, lse, delta, do, v, PREC, UPCAST)
+        dq += common.mma(ds.to(k.dtype), k, PREC, UPCAST)
+        common.add_key_grads(DK, DV, bh * HMAP * WMAP + kpos, mask_n, p, ds, q, do, offs_d, offs_dv, mask_d, mask_dv,
+                             D, DVDIM, scale, PREC, UPCAST)
         if RPB_GRAD:  # entries on one diagonal share an offset: colliding atomics within this slice
             tl.atomic_add(DRPB + ((b * HMAP + qy) * NHEADS + h) * RR * RR + rel_y * RR + rel_x, ds, mask=in_win)
     tl.store(
@@ -211,8 +168,8 @@ class _NA2D(torch.autograd.Function):
         _na2d_fwd_kernel[_grid(shape, ks, dil, B, heads, cfg["BLOCK_M"])](
             q, k, v, rpb if rpb is not None else q, o, lse,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-            heads, H, W, dil, D, DVD, scale * LOG2E,
-            KS=ks, HAS_RPB=rpb is not None, **cfg, **dot_flags(q.dtype),
+            heads, H, W, dil, D, DVD, scale * common.LOG2E,
+            KS=ks, HAS_RPB=rpb is not None, **cfg, **common.dot_flags(q.dtype),
         )
         ctx.save_for_backward(q, k, v, rpb, o, lse)
         ctx.meta = (shape, ks, dil, scale, cfg)
@@ -225,19 +182,16 @@ class _NA2D(torch.autograd.Function):
         B, heads, N, D = q.shape
         DVD = v.shape[-1]
         H, W = shape
-        delta = (do.float() * o.float()).sum(-1)
-        dq = torch.empty(B, heads, N, D, device=q.device, dtype=q.dtype)
-        dk = torch.zeros(B, heads, N, D, device=q.device, dtype=torch.float32)
-        dv = torch.zeros(B, heads, N, DVD, device=q.device, dtype=torch.float32)
+        delta, dq, dk, dv = common.backward_buffers(q, k, v, o, do, scatter_kv=True)  # dk, dv: fp32 (atomics)
         rpb_grad = rpb is not None and ctx.needs_input_grad[3]
         RR = 2 * ks - 1
         drpb = torch.zeros(B, H, heads, RR * RR, device=q.device, dtype=torch.float32) if rpb_grad else None
         _na2d_bwd_kernel[_grid(shape, ks, dil, B, heads, cfg["BLOCK_M"])](
             q, k, v, rpb if rpb is not None else q, do, lse, delta, dq, dk, dv, drpb if rpb_grad else dk,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-            heads, H, W, dil, D, DVD, scale * LOG2E, scale,
+            heads, H, W, dil, D, DVD, scale * common.LOG2E, scale,
             KS=ks, HAS_RPB=rpb is not None, RPB_GRAD=rpb_grad,
-            **cfg, **dot_flags(q.dtype),
+            **cfg, **common.dot_flags(q.dtype),
         )
         g_rpb = drpb.sum((0, 1)).to(rpb.dtype) if rpb_grad else None
         return dq, dk.to(k.dtype), dv.to(v.dtype), g_rpb, None, None, None, None

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, block, dot_flags, mma, row_max, row_sum
+from . import _common as common
 
 
 @triton.jit
@@ -26,6 +26,26 @@ def _token_offsets(idx_tok, NW, RH, RW, region):
     y = (region // NW) * RH + idx_tok // RW
     x = (region % NW) * RW + idx_tok % RW
     return y, x
+
+
+@triton.jit
+def _key_tile(IDX, pid, kk, n, TOPK, NW, RH, RW):
+    """Key tile ``kk`` (indices into the ``topk·n`` routed keys of query region ``pid``): its mask and the
+    keys' row/column in the map, read through the routing indices."""
+    mask_n = kk < TOPK * n
+    reg = tl.load(IDX + pid * TOPK + kk // n, mask=mask_n, other=0)
+    ky, kx = _token_offsets(kk % n, NW, RH, RW, reg)
+    return mask_n, ky, kx
+
+
+@triton.jit
+def _region_setup(R, NW, RH, RW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's query region (the forward and the backward tile alike): ``pid`` (batch·R + region),
+    head ``h``, batch ``b``, tokens per region ``n``, the key offsets ``offs_n``, the query mask and positions."""
+    pid = tl.program_id(0)
+    offs_m = tl.arange(0, BLOCK_M)
+    qy, qx = _token_offsets(offs_m, NW, RH, RW, pid % R)
+    return pid, tl.program_id(1), pid // R, RH * RW, tl.arange(0, BLOCK_N), offs_m < RH * RW, qy, qx
 
 
 @triton.jit
@@ -39,49 +59,20 @@ def _routed_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    h = tl.program_id(1)
-    b = pid // R
-    r = pid % R
-    n = RH * RW
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    mask_m = offs_m < n
-    qy, qx = _token_offsets(offs_m, NW, RH, RW, r)
-    q = tl.load(
-        Q + b * s_qb + h * s_qh + qy[:, None] * s_qy + qx[:, None] * s_qx + offs_d[None, :] * s_qd,
-        mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0,
-    )
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
-    acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
+    pid, h, b, n, offs_n, mask_m, qy, qx = _region_setup(R, NW, RH, RW, BLOCK_M, BLOCK_N)
+    offs_d, offs_dv, mask_d, mask_dv = common.head_offsets(D, DV, BLOCK_D, BLOCK_DV)
+    q = common.load_tile(Q + b * s_qb + h * s_qh, qy * s_qy + qx * s_qx, offs_d, s_qd, mask_m, mask_d, False)
+    m_i, l_i, acc = common.softmax_init(BLOCK_M, BLOCK_DV)
     for start in range(0, TOPK * n, BLOCK_N):
-        kk = start + offs_n
-        mask_n = kk < TOPK * n
-        reg = tl.load(IDX + pid * TOPK + kk // n, mask=mask_n, other=0)
-        ky, kx = _token_offsets(kk % n, NW, RH, RW, reg)
-        kt = tl.load(
-            K + b * s_kb + h * s_kh + ky[None, :] * s_ky + kx[None, :] * s_kx + offs_d[:, None] * s_kd,
-            mask=mask_n[None, :] & (offs_d[:, None] < D), other=0.0,
-        )
-        s = mma(q, kt, PREC, UPCAST) * qk_scale
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, row_max(s))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + row_sum(p)
-        v = tl.load(
-            V + b * s_vb + h * s_vh + ky[:, None] * s_vy + kx[:, None] * s_vx + offs_dv[None, :] * s_vd,
-            mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0,
-        )
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PREC, UPCAST)
-        m_i = m_new
+        mask_n, ky, kx = _key_tile(IDX, pid, start + offs_n, n, TOPK, NW, RH, RW)
+        kt = common.load_tile(K + b * s_kb + h * s_kh, ky * s_ky + kx * s_kx, offs_d, s_kd, mask_n, mask_d, True)
+        v = common.load_tile(V + b * s_vb + h * s_vh, ky * s_vy + kx * s_vx, offs_dv, s_vd, mask_n, mask_dv, False)
+        s = tl.where(mask_n[None, :], common.mma(q, kt, PREC, UPCAST) * qk_scale, float("-inf"))
+        m_i, l_i, acc = common.softmax_step(s, v, m_i, l_i, acc, PREC, UPCAST)
     out = acc / l_i[:, None]
     tl.store(
         O + b * s_ob + h * s_oh + qy[:, None] * s_oy + qx[:, None] * s_ox + offs_dv[None, :] * s_od,
-        out.to(O.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < DV),
+        out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :],
     )
     tl.store(LSE + ((b * NHEADS + h) * HMAP + qy) * WMAP + qx, m_i + tl.log2(l_i), mask=mask_m)
 
@@ -98,56 +89,24 @@ def _routed_bwd_kernel(
     PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     # DQ: [B, heads, H, W, D] (q's dtype); DK, DV: fp32 [B, heads, H, W, D / DV], zero-initialised.
-    pid = tl.program_id(0)
-    h = tl.program_id(1)
-    b = pid // R
-    r = pid % R
-    n = RH * RW
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    mask_m = offs_m < n
-    mask_d = offs_d < D
-    mask_dv = offs_dv < DVDIM
-    qy, qx = _token_offsets(offs_m, NW, RH, RW, r)
-    q = tl.load(
-        Q + b * s_qb + h * s_qh + qy[:, None] * s_qy + qx[:, None] * s_qx + offs_d[None, :] * s_qd,
-        mask=mask_m[:, None] & mask_d[None, :], other=0.0,
-    )
-    do = tl.load(
-        DO + b * s_ob + h * s_oh + qy[:, None] * s_oy + qx[:, None] * s_ox + offs_dv[None, :] * s_od,
-        mask=mask_m[:, None] & mask_dv[None, :], other=0.0,
-    )
+    pid, h, b, n, offs_n, mask_m, qy, qx = _region_setup(R, NW, RH, RW, BLOCK_M, BLOCK_N)
+    offs_d, offs_dv, mask_d, mask_dv = common.head_offsets(D, DVDIM, BLOCK_D, BLOCK_DV)
+    q = common.load_tile(Q + b * s_qb + h * s_qh, qy * s_qy + qx * s_qx, offs_d, s_qd, mask_m, mask_d, False)
+    do = common.load_tile(DO + b * s_ob + h * s_oh, qy * s_oy + qx * s_ox, offs_dv, s_od, mask_m, mask_dv, False)
     row = ((b * NHEADS + h) * HMAP + qy) * WMAP + qx
     lse = tl.load(LSE + row, mask=mask_m, other=0.0)
     delta = tl.load(DELTA + row, mask=mask_m, other=0.0)
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     base = (b * NHEADS + h) * HMAP
     for start in range(0, TOPK * n, BLOCK_N):
-        kk = start + offs_n
-        mask_n = kk < TOPK * n
-        reg = tl.load(IDX + pid * TOPK + kk // n, mask=mask_n, other=0)
-        ky, kx = _token_offsets(kk % n, NW, RH, RW, reg)
-        k = tl.load(
-            K + b * s_kb + h * s_kh + ky[:, None] * s_ky + kx[:, None] * s_kx + offs_d[None, :] * s_kd,
-            mask=mask_n[:, None] & mask_d[None, :], other=0.0,
-        )
-        v = tl.load(
-            V + b * s_vb + h * s_vh + ky[:, None] * s_vy + kx[:, None] * s_vx + offs_dv[None, :] * s_vd,
-            mask=mask_n[:, None] & mask_dv[None, :], other=0.0,
-        )
-        s = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
-        mask_mn = mask_m[:, None] & mask_n[None, :]
-        p = tl.where(mask_mn, tl.exp2(s - lse[:, None]), 0.0)
-        dp = mma(do, tl.trans(v), PREC, UPCAST)
-        ds = p * (dp - delta[:, None])
-        dq += mma(ds.to(k.dtype), k, PREC, UPCAST)
-        krow = (base + ky) * WMAP + kx
-        dv = mma(tl.trans(p).to(do.dtype), do, PREC, UPCAST)
-        tl.atomic_add(DV + krow[:, None] * DVDIM + offs_dv[None, :], dv, mask=mask_n[:, None] & mask_dv[None, :])
-        dk = mma(tl.trans(ds).to(q.dtype), q, PREC, UPCAST) * scale
-        tl.atomic_add(DK + krow[:, None] * D + offs_d[None, :], dk, mask=mask_n[:, None] & mask_d[None, :])
+        mask_n, ky, kx = _key_tile(IDX, pid, start + offs_n, n, TOPK, NW, RH, RW)
+        k = common.load_tile(K + b * s_kb + h * s_kh, ky * s_ky + kx * s_kx, offs_d, s_kd, mask_n, mask_d, False)
+        v = common.load_tile(V + b * s_vb + h * s_vh, ky * s_vy + kx * s_vx, offs_dv, s_vd, mask_n, mask_dv, False)
+        s = common.mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
+        p, ds = common.softmax_grad(s, mask_m[:, None] & mask_n[None, :], lse, delta, do, v, PREC, UPCAST)
+        dq += common.mma(ds.to(k.dtype), k, PREC, UPCAST)
+        common.add_key_grads(DK, DV, (base + ky) * WMAP + kx, mask_n, p, ds, q, do, offs_d, offs_dv, mask_d, mask_dv, D,
+                             DVDIM, scale, PREC, UPCAST)
     tl.store(
         DQ + (row[:, None]) * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
         mask=mask_m[:, None] & mask_d[None, :],
@@ -172,14 +131,14 @@ class _RoutedAttention(torch.autograd.Function):
         o = torch.empty(B, H, W, heads, DVD, device=q.device, dtype=q.dtype).permute(0, 3, 1, 2, 4)
         lse = torch.empty(B, heads, H, W, device=q.device, dtype=torch.float32)
         blocks = dict(
-            BLOCK_M=block(rh * rw, hi=128), BLOCK_N=block(topk * rh * rw, hi=64),
-            BLOCK_D=block(D, hi=256), BLOCK_DV=block(DVD, hi=256),
+            BLOCK_M=common.block(rh * rw, hi=128), BLOCK_N=common.block(topk * rh * rw, hi=64),
+            BLOCK_D=common.block(D, hi=256), BLOCK_DV=common.block(DVD, hi=256),
         )
         _routed_fwd_kernel[(B * R, heads)](
             q, k, v, idx, o, lse,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-            heads, H, W, R, nw, rh, rw, topk, D, DVD, scale * LOG2E,
-            **blocks, **dot_flags(q.dtype),
+            heads, H, W, R, nw, rh, rw, topk, D, DVD, scale * common.LOG2E,
+            **blocks, **common.dot_flags(q.dtype),
         )
         ctx.save_for_backward(q, k, v, idx, o, lse)
         ctx.meta = (num_regions, scale, blocks)
@@ -191,15 +150,12 @@ class _RoutedAttention(torch.autograd.Function):
         num_regions, scale, blocks = ctx.meta
         B, heads, H, W, D, R, nw, rh, rw, topk = _launch_args(q, num_regions, idx)
         DVD = v.shape[-1]
-        delta = (do.float() * o.float()).sum(-1)  # [B, heads, H, W]
-        dq = torch.empty(B, heads, H, W, D, device=q.device, dtype=q.dtype)
-        dk = torch.zeros(B, heads, H, W, D, device=q.device, dtype=torch.float32)
-        dv = torch.zeros(B, heads, H, W, DVD, device=q.device, dtype=torch.float32)
+        delta, dq, dk, dv = common.backward_buffers(q, k, v, o, do, scatter_kv=True)  # dk, dv: fp32 (atomics)
         _routed_bwd_kernel[(B * R, heads)](
             q, k, v, idx, do, lse, delta, dq, dk, dv,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-            heads, H, W, R, nw, rh, rw, topk, D, DVD, scale * LOG2E, scale,
-            **blocks, **dot_flags(q.dtype),
+            heads, H, W, R, nw, rh, rw, topk, D, DVD, scale * common.LOG2E, scale,
+            **blocks, **common.dot_flags(q.dtype),
         )
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None
 

@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, block, dot_flags, mma, num_programs_target, row_max, row_sum
+from . import _common as common
+from ._common import num_programs_target  # a name of this module: tests patch it to chunk small inputs
 
 
 @triton.jit
@@ -43,24 +44,16 @@ def _fwd_kernel(
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_d, offs_dv, mask_d, mask_dv = common.head_offsets(D, DV, BLOCK_D, BLOCK_DV)
     mask_m = offs_m < NQ
-    q = tl.load(
-        Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
-        mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0,
-    )
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
-    acc = tl.full([BLOCK_M, BLOCK_DV], 0.0, tl.float32)
+    q = common.load_tile(Q + b * s_qb + h * s_qh, offs_m * s_qm, offs_d, s_qd, mask_m, mask_d, False)
+    m_i, l_i, acc = common.softmax_init(BLOCK_M, BLOCK_DV)
     for start_n in range(0, NK, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < NK
-        kt = tl.load(
-            K + b * s_kb + h * s_kh + cols[None, :] * s_kn + offs_d[:, None] * s_kd,
-            mask=mask_n[None, :] & (offs_d[:, None] < D), other=0.0,
-        )
-        s = mma(q, kt, PREC, UPCAST) * qk_scale
+        kt = common.load_tile(K + b * s_kb + h * s_kh, cols * s_kn, offs_d, s_kd, mask_n, mask_d, True)
+        v = common.load_tile(V + b * s_vb + h * s_vh, cols * s_vn, offs_dv, s_vd, mask_n, mask_dv, False)
+        s = common.mma(q, kt, PREC, UPCAST) * qk_scale
         if HAS_BIAS:
             bias = tl.load(
                 Bias + b * s_bb + h * s_bh + offs_m[:, None] * s_bm + cols[None, :] * s_bn,
@@ -68,21 +61,11 @@ def _fwd_kernel(
             )
             s += bias.to(tl.float32) * 1.4426950408889634
         s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, row_max(s))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + row_sum(p)
-        v = tl.load(
-            V + b * s_vb + h * s_vh + cols[:, None] * s_vn + offs_dv[None, :] * s_vd,
-            mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0,
-        )
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PREC, UPCAST)
-        m_i = m_new
+        m_i, l_i, acc = common.softmax_step(s, v, m_i, l_i, acc, PREC, UPCAST)
     out = acc / l_i[:, None]
     tl.store(
         O + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_dv[None, :] * s_od,
-        out.to(O.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < DV),
+        out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :],
     )
     tl.store(LSE + pid_bh * NQ + offs_m, m_i + tl.log2(l_i), mask=mask_m)
 
@@ -105,40 +88,25 @@ def _bwd_kernel(
     h = tl.program_id(1)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    mask_d = offs_d < D
-    mask_dv = offs_dv < DVDIM
+    offs_d, offs_dv, mask_d, mask_dv = common.head_offsets(D, DVDIM, BLOCK_D, BLOCK_DV)
     w_end = tl.minimum(pid_c * WPP + WPP, G)
     for b in range(pid_c * WPP, w_end):
         bh = b * H + h
         for start_n in range(0, NK, BLOCK_N):
             cols = start_n + offs_n0
             mask_n = cols < NK
-            k = tl.load(
-                K + b * s_kb + h * s_kh + cols[:, None] * s_kn + offs_d[None, :] * s_kd,
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0,
-            )
-            v = tl.load(
-                V + b * s_vb + h * s_vh + cols[:, None] * s_vn + offs_dv[None, :] * s_vd,
-                mask=mask_n[:, None] & mask_dv[None, :], other=0.0,
-            )
+            k = common.load_tile(K + b * s_kb + h * s_kh, cols * s_kn, offs_d, s_kd, mask_n, mask_d, False)
+            v = common.load_tile(V + b * s_vb + h * s_vh, cols * s_vn, offs_dv, s_vd, mask_n, mask_dv, False)
             dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
             dv = tl.full([BLOCK_N, BLOCK_DV], 0.0, tl.float32)
             for start_m in range(0, NQ, BLOCK_M):
                 rows = start_m + offs_m0
                 mask_m = rows < NQ
-                q = tl.load(
-                    Q + b * s_qb + h * s_qh + rows[:, None] * s_qm + offs_d[None, :] * s_qd,
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0,
-                )
-                do = tl.load(
-                    DO + b * s_ob + h * s_oh + rows[:, None] * s_om + offs_dv[None, :] * s_od,
-                    mask=mask_m[:, None] & mask_dv[None, :], other=0.0,
-                )
+                q = common.load_tile(Q + b * s_qb + h * s_qh, rows * s_qm, offs_d, s_qd, mask_m, mask_d, False)
+                do = common.load_tile(DO + b * s_ob + h * s_oh, rows * s_om, offs_dv, s_od, mask_m, mask_dv, False)
                 lse = tl.load(LSE + bh * NQ + rows, mask=mask_m, other=0.0)
                 delta = tl.load(DELTA + bh * NQ + rows, mask=mask_m, other=0.0)
-                s = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
+                s = common.mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
                 mask_mn = mask_m[:, None] & mask_n[None, :]
                 if HAS_BIAS:
                     bias = tl.load(
@@ -146,16 +114,14 @@ def _bwd_kernel(
                         mask=mask_mn, other=0.0,
                     )
                     s += bias.to(tl.float32) * 1.4426950408889634
-                p = tl.where(mask_mn, tl.exp2(s - lse[:, None]), 0.0)
-                dv += mma(tl.trans(p).to(do.dtype), do, PREC, UPCAST)
-                dp = mma(do, tl.trans(v), PREC, UPCAST)
-                ds = p * (dp - delta[:, None])
+                p, ds = common.softmax_grad(s, mask_mn, lse, delta, do, v, PREC, UPCAST)
+                dv += common.mma(tl.trans(p).to(do.dtype), do, PREC, UPCAST)
                 if DB_MODE == 1:
                     tl.store(DB + (bh * NQ + rows[:, None]) * NK + cols[None, :], ds, mask=mask_mn)
                 if DB_MODE == 2:
                     tl.atomic_add(DB + ((pid_c * H + h) * NQ + rows[:, None]) * NK + cols[None, :], ds, mask=mask_mn)
-                dk += mma(tl.trans(ds).to(q.dtype), q, PREC, UPCAST)
-                dq = mma(ds.to(k.dtype), k, PREC, UPCAST) * scale
+                dk += common.mma(tl.trans(ds).to(q.dtype), q, PREC, UPCAST)
+                dq = common.mma(ds.to(k.dtype), k, PREC, UPCAST) * scale
                 tl.atomic_add(
                     DQ + (bh * NQ + rows[:, None]) * D + offs_d[None, :], dq, mask=mask_m[:, None] & mask_d[None, :]
                 )
@@ -171,7 +137,8 @@ def _bwd_kernel(
 
 def _blocks(nq: int, nk: int, d: int, dv: int) -> dict:
     return dict(
-        BLOCK_M=block(nq), BLOCK_N=block(nk), BLOCK_D=block(d, hi=256), BLOCK_DV=block(dv, hi=256)
+        BLOCK_M=common.block(nq), BLOCK_N=common.block(nk), BLOCK_D=common.block(d, hi=256),
+        BLOCK_DV=common.block(dv, hi=256),
     )
 
 
@@ -200,8 +167,8 @@ class _WindowAttention(torch.autograd.Function):
         _fwd_kernel[grid](
             q, k, v, bias_view if bias_view is not None else q, o, lse,
             *q.stride(), *k.stride(), *v.stride(), *bstr, *o.stride(),
-            H, NQ, NK, D, DVD, scale * LOG2E,
-            HAS_BIAS=bias is not None, **blocks, **dot_flags(q.dtype),
+            H, NQ, NK, D, DVD, scale * common.LOG2E,
+            HAS_BIAS=bias is not None, **blocks, **common.dot_flags(q.dtype),
         )
         ctx.save_for_backward(q, k, v, bias_view, o, lse)
         ctx.scale = scale
@@ -214,10 +181,7 @@ class _WindowAttention(torch.autograd.Function):
         scale = ctx.scale
         G, H, NQ, D = q.shape
         NK, DVD = k.shape[2], v.shape[3]
-        delta = (do.float() * o.float()).sum(-1)  # [G, H, NQ]
-        dq = torch.zeros(G, H, NQ, D, device=q.device, dtype=torch.float32)
-        dk = torch.empty(G, H, NK, D, device=q.device, dtype=q.dtype)
-        dv = torch.empty(G, H, NK, DVD, device=q.device, dtype=q.dtype)
+        delta, dq, dk, dv = common.backward_buffers(q, k, v, o, do, scatter_kv=False)  # dq: fp32 (atomics)
         need_db = ctx.needs_input_grad[3]
         db_mode, wpp, db = 0, 1, None
         if need_db:
@@ -237,8 +201,8 @@ class _WindowAttention(torch.autograd.Function):
             q, k, v, bias_view if bias_view is not None else q, do, lse, delta, dq, dk, dv,
             db if db is not None else dq,
             *q.stride(), *k.stride(), *v.stride(), *bstr, *do.stride(),
-            G, H, NQ, NK, D, DVD, scale * LOG2E, scale, wpp,
-            HAS_BIAS=bias_view is not None, DB_MODE=db_mode, **_blocks(NQ, NK, D, DVD), **dot_flags(q.dtype),
+            G, H, NQ, NK, D, DVD, scale * common.LOG2E, scale, wpp,
+            HAS_BIAS=bias_view is not None, DB_MODE=db_mode, **_blocks(NQ, NK, D, DVD), **common.dot_flags(q.dtype),
         )
         dbias = None
         if need_db:
