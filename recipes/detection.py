@@ -17,9 +17,7 @@ segm for Mask R-CNN) and the per-reason skipped-annotation counts of a ``CocoDat
 validation it prints mAP, mAP@0.5 and mAR@100 on the console (per-class mAP@[.5:.95] too for up to
 ``PER_CLASS_MAX`` classes).
 
-``backbone_checkpoint``: weights for the backbone (a classification recipe ``.ckpt`` of the same timm model, e.g.
-``tools/demo.py``'s best, or any timm state dict file), loaded when a fit starts (``setup('fit')``, so a resumed
-run's checkpoint still wins and rebuilding from a checkpoint never needs the file).
+``backbone_checkpoint``: weights for the backbone, loaded when a fit starts (``recipes._dense.DenseRecipeModule``).
 """
 
 from __future__ import annotations
@@ -38,14 +36,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 import zoo  # noqa: F401  (registers the zoo families in timm)
-from recipes._dense import (
-    attached_datamodule,
-    check_num_classes,
-    load_backbone,
-    log_skipped_reasons,
-    print_metrics_line,
-)
-from recipes.common import RecipeModule
+from recipes._dense import DenseRecipeModule, log_skipped_reasons, print_metrics_line
 
 DETECTORS = ("fasterrcnn", "retinanet", "maskrcnn", "fcos")
 PER_CLASS_MAX = 12
@@ -133,7 +124,7 @@ def build_detector(
     return cls(backbone, num_classes + 1, rpn_anchor_generator=anchors, **common)
 
 
-class DetectionModule(RecipeModule):
+class DetectionModule(DenseRecipeModule):
     """Train / evaluate a torchvision detector over a timm backbone (see module docstring).
 
     Batches are ``(images: list[[3, H, W] float 0..1], targets: list[dict])`` as made by
@@ -143,6 +134,7 @@ class DetectionModule(RecipeModule):
     """
 
     task = "detection"
+    classes_what = "object categories"
     monitor = "val/map"
     monitor_mode = "max"
 
@@ -187,18 +179,12 @@ class DetectionModule(RecipeModule):
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> Any:
         return self.model(images, targets)
 
-    def setup(self, stage: str) -> None:
-        check_num_classes(self, self.hparams.num_classes, "object categories")
-        dm = attached_datamodule(self)
+    def backbone_body(self) -> nn.Module:
+        return self.model.backbone.body
+
+    def check_data(self, dm: object | None) -> None:
         if self.hparams.detector == "maskrcnn" and dm is not None and not getattr(dm.hparams, "with_masks", True):
             raise ValueError("Mask R-CNN needs instance masks: set data with_masks=true")
-        if self.hparams.class_names is None and getattr(dm, "class_names", None):
-            self.hparams.class_names = list(dm.class_names)
-        if stage == "fit" and self.hparams.backbone_checkpoint and not getattr(self, "_backbone_loaded", False):
-            rep = load_backbone(self.model.backbone.body, self.hparams.backbone_checkpoint, self.hparams.model_name)
-            self._backbone_loaded = True
-            print(f"backbone {self.hparams.model_name}: {rep['loaded']} tensors from "
-                  f"{self.hparams.backbone_checkpoint} ({rep['left_out']} of the file left out: head/final norm)")
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor | None:
         images, targets = batch
@@ -211,9 +197,6 @@ class DetectionModule(RecipeModule):
             self.log(f"train/{name}", value, batch_size=bs)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        log_skipped_reasons(self)
 
     def _eval_step(self, batch: tuple, metric: nn.Module) -> None:
         images, targets = batch

@@ -15,9 +15,7 @@ every ``slide_stride`` px, logits averaged where windows overlap); logits are re
 size before the argmax. At the end of every validation the mIoU and pixel accuracy are printed on the console
 (with the per-class IoU for up to ``PER_CLASS_MAX`` classes).
 
-``backbone_checkpoint``: weights for the encoder (a classification recipe ``.ckpt`` of the same timm model, e.g.
-``tools/demo.py``'s best, or any timm state dict file), loaded when a fit starts (``setup('fit')``, so a resumed
-run's checkpoint still wins and rebuilding from a checkpoint never needs the file).
+``backbone_checkpoint``: weights for the encoder, loaded when a fit starts (``recipes._dense.DenseRecipeModule``).
 """
 
 from __future__ import annotations
@@ -31,14 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo  # noqa: F401  (registers the zoo families in timm)
-from recipes._dense import (
-    attached_datamodule,
-    check_num_classes,
-    load_backbone,
-    log_skipped_reasons,
-    print_metrics_line,
-)
-from recipes.common import RecipeModule
+from recipes._dense import DenseRecipeModule, log_skipped_reasons, print_metrics_line
 
 HEADS = ("upernet", "fpn")
 IGNORE_INDEX = 255
@@ -75,7 +66,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 32, value: float = 0.0) -> 
     return F.pad(x, (0, pw, 0, ph), value=value) if ph or pw else x
 
 
-class SegmentationModule(RecipeModule):
+class SegmentationModule(DenseRecipeModule):
     """Train / evaluate UPerNet or FPN over a timm backbone (see module docstring).
 
     Batches are dicts from ``recipes.data.masks.collate_masks``: ``image`` [B, 3, H, W] 0..1, ``mask``
@@ -85,6 +76,8 @@ class SegmentationModule(RecipeModule):
     """
 
     task = "segmentation"
+    classes_what = "segmentation classes"
+    body_what = "encoder"
     monitor = "val/miou"
     monitor_mode = "max"
 
@@ -158,16 +151,8 @@ class SegmentationModule(RecipeModule):
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
         return logits
 
-    def setup(self, stage: str) -> None:
-        check_num_classes(self, self.hparams.num_classes, "segmentation classes")
-        dm = attached_datamodule(self)
-        if self.hparams.class_names is None and getattr(dm, "class_names", None):
-            self.hparams.class_names = list(dm.class_names)
-        if stage == "fit" and self.hparams.backbone_checkpoint and not getattr(self, "_backbone_loaded", False):
-            rep = load_backbone(self.model.encoder.model, self.hparams.backbone_checkpoint, self.hparams.model_name)
-            self._backbone_loaded = True
-            print(f"encoder {self.hparams.model_name}: {rep['loaded']} tensors from "
-                  f"{self.hparams.backbone_checkpoint} ({rep['left_out']} of the file left out: head/final norm)")
+    def backbone_body(self) -> nn.Module:
+        return self.model.encoder.model
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         images, masks = batch["image"], batch["mask"]
@@ -219,9 +204,6 @@ class SegmentationModule(RecipeModule):
         self.log_dict({"test/miou": self.test_miou.compute(), "test/pixel_acc": self.test_acc.compute()})
         self.test_miou.reset()
         self.test_acc.reset()
-        log_skipped_reasons(self)
-
-    def on_train_epoch_end(self) -> None:
         log_skipped_reasons(self)
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[torch.Tensor]:

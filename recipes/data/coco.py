@@ -36,7 +36,6 @@ one) is recorded as ``degenerate_box``. Training batches are never of size one (
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import math
@@ -55,6 +54,7 @@ from torchvision.transforms import v2
 
 from recipes.common import SkipCounter
 from recipes.data.images import to_rgb
+from recipes.data.loader import split_loader
 
 ANNOTATION_REASONS = ("unknown_category", "zero_area", "box_outside_image")
 MIN_BOX_SIZE = 1.0
@@ -361,12 +361,7 @@ class CocoDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         if ds is None:
             raise ValueError("this split was not configured (give its json and image folder)")
-        train = shuffle  # training: full batches, none of size one (BatchNorm)
-        collate = functools.partial(collate_detection, min_size=2) if train and batch_size > 1 else collate_detection
-        return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers, collate_fn=collate,
-            drop_last=train and len(ds) > batch_size, persistent_workers=self.hparams.num_workers > 0,
-        )
+        return split_loader(ds, collate_detection, shuffle, batch_size, self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, self.hparams.batch_size)

@@ -33,7 +33,9 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-__all__ = ["ResumableDataLoader", "ResumableSampler", "dist_info", "skip_none_collate", "train_collate"]
+__all__ = [
+    "ResumableDataLoader", "ResumableSampler", "dist_info", "skip_none_collate", "split_loader", "train_collate",
+]
 
 
 def dist_info() -> tuple[int, int]:
@@ -144,3 +146,16 @@ def skip_none_collate(batch: list[Any], min_size: int = 1) -> Any:
 
 train_collate = functools.partial(skip_none_collate, min_size=2)
 """``skip_none_collate`` for training batches (never of size one); picklable for DataLoader workers."""
+
+
+def split_loader(ds: Any, collate: Any, train: bool, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    """A plain ``DataLoader`` of one split of a detection/segmentation data module. Training shuffles and
+    keeps full batches, none of size one (``collate(..., min_size=2)``, ``drop_last`` when there is more than
+    one batch): the heads' BatchNorm fails in training on a batch of one, the last one or one that shrank
+    after skipping (UPerNet's pyramid pooling runs BatchNorm on 1x1 maps)."""
+    if train and batch_size > 1:
+        collate = functools.partial(collate, min_size=2)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=train, num_workers=num_workers, collate_fn=collate,
+        drop_last=train and len(ds) > batch_size, persistent_workers=num_workers > 0,
+    )

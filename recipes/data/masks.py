@@ -28,7 +28,6 @@ one (BatchNorm).
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from torchvision.transforms import v2
 
 from recipes.common import SkipCounter
 from recipes.data.images import to_rgb
+from recipes.data.loader import split_loader
 
 IGNORE_INDEX = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -271,13 +271,7 @@ class MaskFolderDataModule(L.LightningDataModule):
     def _loader(self, split: str | None, train: bool, batch_size: int) -> DataLoader:
         if split is None:
             raise ValueError("this split is not configured")
-        ds = self._set(split, train)
-        # UPerNet's pyramid pooling has BatchNorm on 1x1 maps: a batch of one (the last one, or one that
-        # shrank after skipping) would fail in training.
-        collate = functools.partial(collate_masks, min_size=2) if train and batch_size > 1 else collate_masks
-        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
-                          num_workers=self.hparams.num_workers, collate_fn=collate,
-                          persistent_workers=self.hparams.num_workers > 0)
+        return split_loader(self._set(split, train), collate_masks, train, batch_size, self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.train_split, True, self.hparams.batch_size)
