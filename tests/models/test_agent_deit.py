@@ -102,3 +102,55 @@ def test_torch_export_keeps_the_grid_symbolic():
         x = torch.randn(shape)
         with torch.no_grad():
             torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_threads_sharing_the_model_at_different_grids_get_their_own():
+    """The grid is thread-local: two threads running 4x3 and 3x4 inputs at once on one model get what each
+    gets alone (a grid shared between threads would hand one of them the other's layout)."""
+    import threading
+
+    model = _small()
+    x = torch.randn(1, 3, 64, 48)
+    inputs = {"tall": x, "wide": x.transpose(2, 3).contiguous()}
+    with torch.no_grad():
+        alone = {k: model(v) for k, v in inputs.items()}
+    errors: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run(key):
+        barrier.wait()
+        for _ in range(20):
+            with torch.no_grad():
+                out = model(inputs[key])
+            if not torch.equal(out, alone[key]):
+                errors.append(key)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_copies_and_pickles_keep_one_grid_per_model():
+    import copy
+    import io
+
+    model = _small()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 48))
+    for clone in (copy.deepcopy(model), torch.load(io.BytesIO(_saved(model)), weights_only=False)):
+        assert clone.patch_grid.hw == (4, 3)
+        assert all(b.grid is clone.patch_grid for b in clone.blocks) and clone.patch_grid is not model.patch_grid
+        x = torch.randn(1, 3, 48, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x), model(x), rtol=0, atol=0)
+
+
+def _saved(model) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    return buf.getvalue()

@@ -18,9 +18,9 @@ resizes its biases to that map, but timm's block loop hands a block the token se
 non-square grid cannot be recovered. So the model and its blocks share one :class:`PatchGrid`: the model's
 ``_pos_embed`` (which sees the patch map ``[B, h, w, C]`` right before the blocks) writes ``(h, w)`` there,
 and every block reads it. The grid is the traced size under export (the same Python values a local variable
-would carry), so exported graphs stay dynamic in H and W. It is the grid of the model's latest forward, so
-one forward at a time per model object (as for any module with per-call state; a block refuses tokens that
-do not fill the grid). Gradient checkpointing is done by each block, which passes the grid it ran on to the
+would carry), so exported graphs stay dynamic in H and W. It is the grid of the latest forward in the calling thread
+(thread-local, so threads sharing the model at different sizes are safe; a block also refuses tokens that do
+not fill the grid). Gradient checkpointing is done by each block, which passes the grid it ran on to the
 recompute, so a forward at another size before the backward does not change it.
 
 The variants, converter and timm registration are in :mod:`zoo.models.agent`.
@@ -29,6 +29,7 @@ Official code: LeapLabTHU/Agent-Attention@207ce3e ``agent_transformer/models/age
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -48,14 +49,17 @@ __all__ = ["DEIT_VARIANTS", "AgentVisionTransformer", "DeitBlock", "PatchGrid"]
 STAGE_OF_PAIR = {0: 0, 1: 1, 2: 2, 3: 2, 4: 2, 5: 3}
 
 
-class PatchGrid:
+class PatchGrid(threading.local):
     """The patch grid ``hw = (h, w)`` of the input the model is running on (written by the model, read by its
-    blocks; see the module docstring)."""
-
-    __slots__ = ("hw",)
+    blocks; see the module docstring). Thread-local: each thread sees the grid of its own latest forward (a
+    thread that has not run one sees the grid given here), so threads sharing one model at different input
+    sizes do not read each other's grid. Copies and pickles keep the calling thread's grid."""
 
     def __init__(self, hw: tuple[int, int]):
         self.hw = hw
+
+    def __reduce__(self):  # threading.local cannot be pickled or deep-copied as it is
+        return (PatchGrid, (self.hw,))
 
 
 class DeitBlock(Block):
