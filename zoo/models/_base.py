@@ -2,7 +2,8 @@
 
 A network is a :class:`NetCfg`: a stem, a list of :class:`StageCfg` (each a downsampler and a stack of
 blocks) and a head. Stems, downsamplers and blocks are looked up by name in small registries that the family
-modules fill (``@register_block("nat")`` ...), so a config may name any block for any stage and a hybrid is
+modules fill (``@register_block("maxvit")``; ``@register_mixer("nat")`` for a block that is the pre-norm residual
+:class:`~zoo.layers.Block` around a family's mixer), so a config may name any block for any stage and a hybrid is
 one line. The skeleton gives every model timm's API: ``forward_features`` (channels-last ``[B, H, W, C]``,
 ``output_fmt = "NHWC"``), ``forward_head(pre_logits=...)``, ``forward_intermediates``,
 ``prune_intermediate_layers``, ``feature_info`` (strides 4, 8, 16, 32), ``reset_classifier``,
