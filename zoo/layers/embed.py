@@ -126,7 +126,7 @@ class PatchEmbed(nn.Module):
       output ``floor(H/p)`` — what official Agent-PVT's ``PatchEmbed`` does (no assert). Use it for PVT.
 
     Official users: Agent-Swin ``patch_embed`` (p=4, LN), Agent-PVT ``patch_embed1`` (p=4, LN eps 1e-5 — not
-    the blocks' 1e-6), Agent-DeiT ``patch_embed`` (p=16, no norm; timm PatchEmbed).
+    the blocks' 1e-6). (Agent-DeiT uses timm's own ``PatchEmbed`` as part of timm's ``VisionTransformer``.)
     """
 
     def __init__(
