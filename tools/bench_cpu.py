@@ -267,65 +267,53 @@ def machine() -> dict:
 # ---------------------------------------------------------------------------------------------- markdown tables
 
 
-def _fmt_ms(s: float) -> str:
-    return f"{s * 1e3:.0f}"
+def _ms(key: str):
+    return lambda r: f"{r['seconds'][key] * 1e3:.0f}"
 
 
-def efficiency_table(rows: list[dict]) -> str:
-    bf16 = any("bf16_per_gmac_vs_convnext" in r for r in rows)
-    head = "| model | threads | batch | GMACs | zoo ms | ConvNeXt-T ms | time / ConvNeXt-T | per GMAC / ConvNeXt-T |"
-    sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
-    if bf16:
-        head += " bf16 per GMAC / ConvNeXt-T bf16 | bf16 speed-up |"
-        sep += "---:|---:|"
-    lines = [head, sep]
-    for r in rows:
-        s = r["seconds"]
-        line = (f"| `{r['model']}` | {r['threads']} | {r['batch']} | {r['gmacs']:.2f} | {_fmt_ms(s['zoo'])} | "
-                f"{_fmt_ms(s['convnext'])} | {r['time_vs_convnext']:.2f} | {r['per_gmac_vs_convnext']:.2f} |")
-        if bf16:
-            line += f" {r['bf16_per_gmac_vs_convnext']:.2f} | {r['bf16_speedup']:.2f} |"
-        lines.append(line)
-    return "\n".join(lines)
+def _num(key: str, fmt: str = ".2f"):
+    return lambda r: format(r[key], fmt)
 
 
-def onnxruntime_table(rows: list[dict]) -> str:
-    lines = ["| model | threads | batch | zoo eager ms | onnxruntime ms | eager / onnxruntime | exporter |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        s = r["seconds"]
-        lines.append(f"| `{r['model']}` | {r['threads']} | {r['batch']} | {_fmt_ms(s['zoo'])} | "
-                     f"{_fmt_ms(s['onnxruntime'])} | {r['eager_over_ort']:.2f} | {r['exporter']} |")
-    return "\n".join(lines)
+def _top(key: str):
+    return lambda r: ", ".join(f"{k.split('::')[-1]} {v:.1f}" for k, v in list(r[key].items())[:5])
 
 
-def compile_table(rows: list[dict]) -> str:
-    lines = ["| model | threads | batch | eager ms | compiled ms | speed-up | compile s | graphs | graph breaks |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        s = r["seconds"]
-        lines.append(f"| `{r['model']}` | {r['threads']} | {r['batch']} | {_fmt_ms(s['eager'])} | "
-                     f"{_fmt_ms(s['compiled'])} | {r['speedup']:.2f} | {r['compile_s']:.0f} | {r['graphs']} | "
-                     f"{r['graph_breaks']} |")
-    return "\n".join(lines)
+_ROW = [("model", lambda r: f"`{r['model']}`", False), ("threads", _num("threads", "d"), True),
+        ("batch", _num("batch", "d"), True)]
+# section -> its columns: (header, cell of a row, right-aligned)
+COLUMNS = {
+    "efficiency": _ROW + [("GMACs", _num("gmacs"), True), ("zoo ms", _ms("zoo"), True),
+                          ("ConvNeXt-T ms", _ms("convnext"), True),
+                          ("time / ConvNeXt-T", _num("time_vs_convnext"), True),
+                          ("per GMAC / ConvNeXt-T", _num("per_gmac_vs_convnext"), True)],
+    "efficiency_bf16": [("bf16 per GMAC / ConvNeXt-T bf16", _num("bf16_per_gmac_vs_convnext"), True),
+                        ("bf16 speed-up", _num("bf16_speedup"), True)],
+    "onnxruntime": _ROW + [("zoo eager ms", _ms("zoo"), True), ("onnxruntime ms", _ms("onnxruntime"), True),
+                           ("eager / onnxruntime", _num("eager_over_ort"), True),
+                           ("exporter", lambda r: r["exporter"], False)],
+    "compile": _ROW + [("eager ms", _ms("eager"), True), ("compiled ms", _ms("compiled"), True),
+                       ("speed-up", _num("speedup"), True), ("compile s", _num("compile_s", ".0f"), True),
+                       ("graphs", _num("graphs", "d"), True), ("graph breaks", _num("graph_breaks", "d"), True)],
+    "bf16": [("model", lambda r: f"`{r['model']}`", False), ("parity case", lambda r: r["case"], False),
+             ("logit range", _num("logit_range"), True), ("fp32 max abs err", _num("fp32_max_abs_err", ".1e"), True),
+             ("bf16 max abs err", _num("bf16_max_abs_err", ".1e"), True),
+             ("bf16 top-1 agreement", _num("bf16_top1_agree"), True)],
+    "profile": _ROW + [("eager ms (profiled)", _num("eager_total_ms", ".0f"), True),
+                       ("largest eager ops, ms", _top("eager_ops_ms"), False),
+                       ("onnxruntime ms (profiled)", _num("ort_total_ms", ".0f"), True),
+                       ("largest onnxruntime nodes, ms", _top("ort_ops_ms"), False)],
+}
 
 
-def bf16_table(rows: list[dict]) -> str:
-    lines = ["| model | parity case | logit range | fp32 max abs err | bf16 max abs err | bf16 top-1 agreement |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| `{r['model']}` | {r['case']} | {r['logit_range']:.2f} | {r['fp32_max_abs_err']:.1e} | "
-                     f"{r['bf16_max_abs_err']:.1e} | {r['bf16_top1_agree']:.2f} |")
-    return "\n".join(lines)
-
-
-def profile_table(rows: list[dict]) -> str:
-    lines = ["| model | threads | batch | eager ms (profiled) | largest eager ops, ms | onnxruntime ms (profiled) | "
-             "largest onnxruntime nodes, ms |", "|---|---:|---:|---:|---|---:|---|"]
-    short = lambda d: ", ".join(f"{k.split('::')[-1]} {v:.1f}" for k, v in list(d.items())[:5])  # noqa: E731
-    for r in rows:
-        lines.append(f"| `{r['model']}` | {r['threads']} | {r['batch']} | {r['eager_total_ms']:.0f} | "
-                     f"{short(r['eager_ops_ms'])} | {r['ort_total_ms']:.0f} | {short(r['ort_ops_ms'])} |")
+def table(section: str, rows: list[dict]) -> str:
+    """The markdown table of a section's rows (efficiency gets the bf16 columns where the rows have them)."""
+    cols = COLUMNS[section]
+    if section == "efficiency" and any("bf16_speedup" in r for r in rows):
+        cols = cols + COLUMNS["efficiency_bf16"]
+    lines = ["| " + " | ".join(c[0] for c in cols) + " |",
+             "|" + "|".join("---:" if c[2] else "---" for c in cols) + "|"]
+    lines += ["| " + " | ".join(c[1](r) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -337,9 +325,9 @@ def _settings_line(result: dict) -> str:
             f"{result.get('load_end', '?')}; {result.get('started', '')}._")
 
 
-TABLES = {"efficiency": ("efficiency", efficiency_table), "onnxruntime": ("efficiency", onnxruntime_table),
-          "compile": ("compile", compile_table), "bf16": ("bf16_accuracy", bf16_table),
-          "profile": ("profile", profile_table)}
+# doc section -> the result key holding its rows
+SOURCES = {"efficiency": "efficiency", "onnxruntime": "efficiency", "compile": "compile", "bf16": "bf16_accuracy",
+           "profile": "profile"}
 
 
 def write_doc(doc: Path, results: list[dict]) -> list[str]:
@@ -347,7 +335,7 @@ def write_doc(doc: Path, results: list[dict]) -> list[str]:
     returns the sections written. A section whose markers are missing is an error (the doc says where it goes)."""
     text = doc.read_text()
     written = []
-    for section, (key, table) in TABLES.items():
+    for section, key in SOURCES.items():
         result = next((r for r in results if r.get(key) and (section != "onnxruntime"
                                                              or "eager_over_ort" in r[key][0])), None)
         if result is None:
@@ -355,7 +343,7 @@ def write_doc(doc: Path, results: list[dict]) -> list[str]:
         start, end = f"<!-- bench_cpu:{section} -->", f"<!-- /bench_cpu:{section} -->"
         if start not in text or end not in text:
             raise ValueError(f"{doc} has no {start} ... {end} markers; add them where the {section} table goes")
-        body = f"{start}\n{_settings_line(result)}\n\n{table(result[key])}\n{end}"
+        body = f"{start}\n{_settings_line(result)}\n\n{table(section, result[key])}\n{end}"
         text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _, body=body: body, text, flags=re.S)
         written.append(section)
     doc.write_text(text)
