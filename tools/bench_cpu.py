@@ -321,7 +321,8 @@ def _settings_line(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     return (f"_{m['processor'] or m['platform']}, {m['cpu_count']} cores; torch {m['torch']}, timm {m['timm']}, "
             f"onnxruntime {m['onnxruntime']}; 224 px, median of {s['repeats']} interleaved rounds after "
-            f"{s['warmup']} warm-up; load average at start {s.get('load_start', '?')}, at end "
+            f"{s['warmup']} warm-up{'; freed memory retained (--retain-memory)' if s.get('retain_memory') else ''}"
+            f"; load average at start {s.get('load_start', '?')}, at end "
             f"{result.get('load_end', '?')}; {result.get('started', '')}._")
 
 
@@ -360,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="also time bf16 and check its logits on the parity cases")
+    p.add_argument("--retain-memory", action="store_true",
+                   help="zoo.cpu_memory.retain_freed_memory() first (glibc keeps freed memory for reuse)")
     p.add_argument("--out", default="out/bench_cpu.json")
     p.add_argument("--doc", type=Path, help="rewrite the generated tables of this markdown file")
     p.add_argument("--from", dest="sources", nargs="+", type=Path, help="with --doc: results to write (no run)")
@@ -379,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"not registered: {missing}")
     import os
 
+    if args.retain_memory:
+        from zoo.cpu_memory import retain_freed_memory, retain_freed_memory_unavailable
+
+        if not retain_freed_memory():
+            p.error(f"--retain-memory: {retain_freed_memory_unavailable() or 'mallopt refused'}")
     result = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "settings": {k: v for k, v in vars(args).items() if k not in ("doc", "sources", "out")}}
     result["settings"]["load_start"] = round(os.getloadavg()[0], 1)
