@@ -316,3 +316,21 @@ def test_torch_export_takes_the_reference_path_by_itself():
     assert ops.last_decision("attention").mode == "export" and ops.last_path("attention") == "sdpa"
     with ops.use_backend("sdpa"):
         assert has_sdpa(torch.export.export(Attn(), (q,)))
+
+
+def test_dispatch_under_torch_compile_reads_no_file():
+    """The validation record is read at import and by refresh(), never while a dispatch is traced: a file read
+    there broke BiFormer's graph into 12 under torch.compile (the routed op's dispatch checks the record)."""
+    import torch._dynamo
+
+    from zoo.layers import BiLevelRoutingAttention
+
+    _dispatch.refresh()  # forgets every decision, so the traced call decides (and checks the record) anew
+    try:
+        layer = BiLevelRoutingAttention(32, num_heads=2, n_win=2, topk=2).eval()
+        torch._dynamo.reset()
+        with torch.no_grad():
+            out = torch._dynamo.explain(layer)(torch.randn(1, 8, 8, 32))
+        assert out.graph_break_count == 0, [str(r.reason)[:200] for r in out.break_reasons]
+    finally:
+        _dispatch.refresh()

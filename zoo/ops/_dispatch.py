@@ -153,7 +153,7 @@ def refresh() -> None:
     """
     global _validated, generation
     _read_env()
-    _validated = None
+    _validated = _read_validated()
     generation += 1
     _DECISIONS.clear()
     _SELF_CHECKED.clear()
@@ -224,11 +224,17 @@ def validation_records() -> list[dict]:
     return records
 
 
+def _read_validated() -> frozenset[tuple[str, str, str, str]]:
+    return frozenset((r["op"], r["backend"], r["arch"], r["dtype"]) for r in validation_records())
+
+
 def is_validated(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the validation record lists ``backend`` of ``op`` on this device's architecture and ``dtype``."""
+    """Whether the validation record lists ``backend`` of ``op`` on this device's architecture and ``dtype``.
+    The record is read when the module loads and by :func:`refresh`, never here: a file read while
+    ``torch.compile`` traces a dispatch would break the graph."""
     global _validated
-    if _validated is None:
-        _validated = frozenset((r["op"], r["backend"], r["arch"], r["dtype"]) for r in validation_records())
+    if _validated is None:  # only before the module finished loading
+        _validated = _read_validated()
     if not _validated:
         return False
     return (op, backend, device_arch(device), _dtype_name(dtype)) in _validated
@@ -497,3 +503,4 @@ def explain() -> str:
 
 
 _read_env()
+_validated = _read_validated()
