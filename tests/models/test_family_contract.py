@@ -387,3 +387,17 @@ def test_pool_size_of_the_stride_16_models():
             model.set_input_size(img_size=288)
             assert model.pretrained_cfg["pool_size"] == (288 // stride, 288 // stride), variant
             assert model.forward_features(torch.zeros(1, 3, 288, 288)).shape[1] == (288 // stride) ** 2 + 1
+
+
+@pytest.mark.parametrize("name, spec", CASES)
+def test_torch_compile_traces_one_graph(name, spec):
+    """``torch.compile`` sees every family's inference forward as one graph (no break: a break costs a
+    round trip to Python per call and splits the fused kernels; docs/bench_cpu.md's torch.compile table).
+    Dynamo's tracing only (``explain``), no code generation."""
+    import torch._dynamo
+
+    model = _create(name, spec).eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch._dynamo.explain(model)(_image(1, 3, *ODD))
+    assert (out.graph_count, out.graph_break_count) == (1, 0), [str(r.reason)[:300] for r in out.break_reasons]

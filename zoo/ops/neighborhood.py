@@ -226,10 +226,14 @@ def _build_tile_tables(shape: tuple[int, int], ks: int, tile: int, device: torch
     R = (2 * ks - 1) ** 2
     bias_idx = torch.full((nh * nw, th * tw, lh * lw), R + 1, dtype=torch.long, device=device)
     bias_idx.scatter_(2, loc, rel[qidx])
-    bias_idx[~qvalid] = R
-    inverse = torch.empty(H * W, dtype=torch.long, device=device)
+    # no boolean-mask indexing below (its data-dependent shape would break a torch.compile graph): padded
+    # query slots get bias row R; each real query's slot is scattered to its map position, the padded slots
+    # (clamped duplicates of real positions) to a spare last entry that is dropped
+    bias_idx = torch.where(qvalid[:, :, None], bias_idx, R)
     flat_valid = qvalid.reshape(-1)
-    inverse[qidx.reshape(-1)[flat_valid]] = torch.arange(flat_valid.numel(), device=device)[flat_valid]
+    target = torch.where(flat_valid, qidx.reshape(-1), H * W)
+    inverse = torch.zeros(H * W + 1, dtype=torch.long, device=device)
+    inverse = inverse.scatter(0, target, torch.arange(flat_valid.numel(), device=device))[: H * W]
     return qidx, kidx, bias_idx, inverse, R
 
 
