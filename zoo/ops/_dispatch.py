@@ -192,7 +192,8 @@ def needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ validation record
-_validated: frozenset[tuple[str, str, str, str]] | None = None
+# (op, backend, arch, dtype) of the validation record: read at the end of this module and by refresh()
+_validated: frozenset[tuple[str, str, str, str]] = frozenset()
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -232,9 +233,6 @@ def is_validated(op: str, backend: str, device: torch.device, dtype: torch.dtype
     """Whether the validation record lists ``backend`` of ``op`` on this device's architecture and ``dtype``.
     The record is read when the module loads and by :func:`refresh`, never here: a file read while
     ``torch.compile`` traces a dispatch would break the graph."""
-    global _validated
-    if _validated is None:  # only before the module finished loading
-        _validated = _read_validated()
     if not _validated:
         return False
     return (op, backend, device_arch(device), _dtype_name(dtype)) in _validated
