@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import re
 import statistics
@@ -261,7 +262,7 @@ def machine() -> dict:
 
     return {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
             "timm": timm.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "cpu_count": __import__("os").cpu_count()}
+            "cpu_count": os.cpu_count()}
 
 
 # ---------------------------------------------------------------------------------------------- markdown tables
@@ -380,8 +381,6 @@ def main(argv: list[str] | None = None) -> int:
     missing = [n for n in names if not timm.is_model(n)]
     if missing:
         p.error(f"not registered: {missing}")
-    import os
-
     if args.retain_memory:
         from zoo.cpu_memory import retain_freed_memory, retain_freed_memory_unavailable
 
