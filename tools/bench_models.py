@@ -8,6 +8,8 @@ ratio. Timings describe this machine only; nothing asserts them.
     python tools/bench_models.py --models 'maxvit_tiny,nat_mini' --batch 1 8 --train
     python tools/bench_models.py --device cuda --dtype bf16 --channels-last --compile   # on a GPU
     python tools/bench_models.py --merge out/a.json out/b.json   # parts run at once (e.g. one per core)
+    python tools/bench_models.py --memory-only --out docs/bench_models.json --doc docs/bench_models
+                                                      # re-measure only the peak-memory column of a result
 
 Outputs: ``out/bench_models.json`` (raw), ``docs/bench_models.md`` (table) and ``docs/bench_models.png``
 (throughput vs GMACs, one colour per family). GMACs are counted on the reference path (``zoo.profile``), so
@@ -201,7 +203,8 @@ def _machine(device: torch.device) -> dict:
 
 
 def _settings(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("out", "doc", "resume", "merge", "child")}
+    return {k: v for k, v in vars(args).items()
+            if k not in ("out", "doc", "resume", "merge", "child", "memory_only")}
 
 
 def bench(args, previous: dict | None = None, save=None) -> dict:
@@ -235,6 +238,47 @@ def bench(args, previous: dict | None = None, save=None) -> dict:
         if save is not None:
             save(result)
     return result
+
+
+def _child_spec(row: dict, settings: dict, machine: dict) -> dict:
+    """The child-process measurement that gives ``row`` its peak memory: the row's model (timm's architecture
+    for a 'timm NAME' runner), backend, kind, batch and size, with the settings of the run it came from."""
+    runner = row["runner"]
+    if runner == "zoo default":
+        model, backend = row["model"], None
+    elif runner == "zoo reference":
+        model, backend = row["model"], "reference"
+    elif runner.startswith("timm "):
+        model, backend = runner.removeprefix("timm "), None
+    else:
+        raise ValueError(f"row of {row['model']} has an unknown runner {runner!r}")
+    return {"model": model, "backend": backend, "kind": row["kind"], "batch": row["batch"],
+            "size": [row["img_size"], row["img_size"]], "device": settings.get("device", "cpu"),
+            "dtype": settings.get("dtype", "fp32"), "channels_last": bool(settings.get("channels_last")),
+            "threads": settings.get("threads") or machine.get("threads")}
+
+
+def refresh_memory(result: dict, save=None, keep_refreshed: bool = False) -> dict:
+    """Re-measure the peak-memory column of every row of ``result`` in fresh child processes (no timing: the
+    img/s and ratios stay those of the run that made ``result``). Rows record the method and when it ran;
+    ``save(result)`` is called after each row, so an interrupted refresh keeps what it measured, and
+    ``keep_refreshed`` (``--resume``) skips the rows an earlier refresh measured."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for row in result["rows"]:
+        if keep_refreshed and row.get("peak_mem_refreshed"):
+            continue
+        peak = measure_in_child(_child_spec(row, result["settings"], result["machine"]))["peak_bytes"]
+        row.update(peak_mem_mb=round(peak / 2**20, 1), peak_mem_method=CHILD_METHOD, peak_mem_refreshed=when)
+        print(f"{row['model']:28s} {row['runner']:28s} {row['kind']:5s} b{row['batch']:<3d} "
+              f"{row['peak_mem_mb']:8.1f} MB", flush=True)
+        if save is not None:
+            save(result)
+    result["memory_refreshed"] = {"at": when, "machine": _machine(torch.device("cpu")),
+                                  "command": "python tools/bench_models.py --memory-only"}
+    return result
+
+
+CHILD_METHOD = "fresh child process: peak RSS of one step above the RSS before it"
 
 
 def _bench_model(name: str, args, device: torch.device, dtype: torch.dtype, kinds: list[str]) -> list[dict]:
@@ -276,7 +320,7 @@ def _bench_model(name: str, args, device: torch.device, dtype: torch.dtype, kind
                     "speedup_of_zoo_default": med / base if r is not runners[0] else 1.0,
                     "peak_mem_mb": (lambda b: None if b is None else round(b / 2**20, 1))(
                         r.peak_memory(kind, batch, args.img_size)),
-                    "peak_mem_method": "fresh child process: peak RSS of one step above the RSS before it",
+                    "peak_mem_method": CHILD_METHOD,
                     "params_m": round(params / 1e6, 3), "gmacs": round(macs / 1e9, 3),
                     "paths": ops.explain() if r.backend is None and device.type == "cuda" else None,
                 }
@@ -335,7 +379,8 @@ def markdown(result: dict) -> str:
         "",
         "'x zoo' = how many times faster the zoo default path is than that row (same model, same run). "
         "'peak MB' = memory of one step above the process before it, measured in a fresh child process per row "
-        "(CPU: peak resident set; CUDA: allocator peak); '—' where a row predates this measurement.",
+        "(CPU: peak resident set; CUDA: allocator peak); '—' where a row predates this measurement."
+        + _refreshed_note(result),
         "",
         "| model | family | runner | kind | batch | img/s | x zoo | params (M) | GMACs | peak MB |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -351,6 +396,14 @@ def markdown(result: dict) -> str:
     for name, err in result.get("errors", {}).items():
         lines.append(f"\n**{name} failed**: {err}")
     return "\n".join(lines) + "\n"
+
+
+def _refreshed_note(result: dict) -> str:
+    refreshed = result.get("memory_refreshed")
+    if not refreshed:
+        return ""
+    return (f" The peak column was re-measured on its own at {refreshed['at']} (`{refreshed['command']}`, "
+            f"torch {refreshed['machine']['torch']}), after the timings.")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -403,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep the models already in --out (same settings)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="measure nothing: merge these results (disjoint models, same settings) into --out/--doc")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="time nothing: re-measure the peak-memory column of --out (one fresh child process "
+                             "per row) and rewrite --doc")
     parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)  # JSON: see child_measure
     args = parser.parse_args(argv)
     if args.child:
@@ -416,9 +472,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _write(result, Path(args.out), Path(args.doc))
         return 0
+    out = Path(args.out)
+    if args.memory_only:
+        if not out.is_file():
+            print(f"error: --memory-only refreshes an existing result; {out} does not exist", file=sys.stderr)
+            return 2
+        result = refresh_memory(json.loads(out.read_text()), save=lambda res: _save(res, out),
+                                keep_refreshed=args.resume)
+        _write(result, out, Path(args.doc))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     previous = None
     if args.resume and out.is_file():
         previous = json.loads(out.read_text())
@@ -428,14 +492,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save(res: dict) -> None:
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1))
-        tmp.replace(out)
-
-    result = bench(args, previous, save)
+    result = bench(args, previous, lambda res: _save(res, out))
     _write(result, out, Path(args.doc))
     return 1 if result["errors"] else 0
+
+
+def _save(result: dict, out: Path) -> None:
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
 
 
 def _write(result: dict, out: Path, doc: Path) -> None:

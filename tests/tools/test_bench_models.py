@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_bench_models_tiny_run_and_resume(tmp_path, capsys, load_tool):
     tool = load_tool("bench_models")
@@ -78,3 +80,43 @@ def test_bench_models_peaks_are_per_model_in_fresh_processes(tmp_path, load_tool
     spec = {"model": "nat_nano", "backend": None, "kind": "infer", "batch": 1, "size": [64, 96], "threads": 1}
     res = tool.measure_in_child(spec)  # non-square input, as the routed-attention figures of docs/bench_cpu.md
     assert res["peak_bytes"] > 0 and res["process_peak_rss_bytes"] > res["peak_bytes"] and len(res["seconds"]) == 1
+
+
+def test_bench_models_memory_only_refreshes_the_peak_column(tmp_path, load_tool, monkeypatch):
+    """--memory-only re-measures each row's peak in a fresh child (rows that predate the child method show '—'
+    and get a real figure), leaves the timings alone, says so in the table, and --resume skips refreshed rows."""
+    tool = load_tool("bench_models")
+    out, doc = tmp_path / "m.json", tmp_path / "m"
+    args = ["--models", "nat_nano", "--batch", "1", "--img-size", "64", "--repeats", "1", "--warmup", "1",
+            "--train", "--no-context", "--threads", "1", "--out", str(out), "--doc", str(doc)]
+    assert tool.main(["--memory-only"] + args) == 2  # nothing to refresh yet
+    assert tool.main(args) == 0
+    stale = json.loads(out.read_text())
+    for r in stale["rows"]:  # as a row of the earlier, process-wide method
+        r.update(peak_mem_mb=0.0, peak_mem_method=None)
+    out.write_text(json.dumps(stale))
+    tool.main(["--doc", str(doc), "--out", str(out), "--merge", str(out)])
+    assert "| — |" in doc.with_suffix(".md").read_text()
+    assert tool.main(["--memory-only", "--out", str(out), "--doc", str(doc)]) == 0
+    fresh = json.loads(out.read_text())
+    peak = {(r["runner"], r["kind"]): r["peak_mem_mb"] for r in fresh["rows"]}
+    assert all(v > 0 for v in peak.values()) and peak[("zoo default", "train")] > peak[("zoo default", "infer")]
+    assert [r["median_s"] for r in fresh["rows"]] == [r["median_s"] for r in stale["rows"]]
+    table = doc.with_suffix(".md").read_text()
+    assert "| — |" not in table and "re-measured on its own" in table
+    calls = []
+    monkeypatch.setattr(tool, "measure_in_child", lambda spec: calls.append(spec) or {"peak_bytes": 2**20})
+    assert tool.main(["--memory-only", "--resume", "--out", str(out), "--doc", str(doc)]) == 0
+    assert calls == []  # every row was refreshed already
+    assert tool.main(["--memory-only", "--out", str(out), "--doc", str(doc)]) == 0
+    assert {(s["model"], s["backend"], s["kind"], s["threads"]) for s in calls} == {
+        ("nat_nano", b, k, 1) for b in (None, "reference") for k in ("infer", "train")}
+
+
+def test_child_spec_of_a_timm_runner_builds_timm_architecture(load_tool):
+    tool = load_tool("bench_models")
+    row = {"model": "maxvit_tiny", "runner": "timm maxvit_tiny_tf_224", "kind": "train", "batch": 8, "img_size": 224}
+    spec = tool._child_spec(row, {"device": "cpu", "dtype": "fp32", "threads": None}, {"threads": 2})
+    assert spec["model"] == "maxvit_tiny_tf_224" and spec["backend"] is None and spec["threads"] == 2
+    with pytest.raises(ValueError, match="unknown runner"):
+        tool._child_spec(dict(row, runner="onnxruntime"), {}, {})
