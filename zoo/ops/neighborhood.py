@@ -157,13 +157,21 @@ def _dense_tables(shape: tuple[int, ...], ks: int, dil: int, device: torch.devic
 # paths; all take flattened maps q/k/v [B, heads, N, d], the map shape, and rpb flattened to [heads, R]
 
 
+def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table[:, idx]`` for ``table: [heads, R]`` and an int64 ``idx`` of any shape → ``[heads, *idx.shape]``,
+    as one ``torch.gather`` over a broadcast index: the same values and gradient as the advanced index, which
+    on CPU is several times slower for these tables (docs/bench_ops.md#neighborhood-tiled-layout)."""
+    flat = idx.reshape(1, -1).expand(table.shape[0], -1)
+    return torch.gather(table, 1, flat).reshape(table.shape[0], *idx.shape)
+
+
 def _na_gather(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     idx, rel = _window_tables(shape, ks, dil, q.device)
     kg = k[:, :, idx]  # [B, h, N, K, d]
     vg = v[:, :, idx]  # [B, h, N, K, dv]
     logits = ((q * default_scale(q, scale)).unsqueeze(-2) @ kg.transpose(-2, -1)).squeeze(-2)  # [B, h, N, K]
     if rpb is not None:
-        logits = logits + rpb[:, rel]  # [h, N, K]
+        logits = logits + _lookup(rpb, rel)  # [h, N, K]
     attn = logits.softmax(dim=-1)
     if attn_drop > 0.0:
         attn = F.dropout(attn, attn_drop, training=True)
@@ -175,7 +183,7 @@ def _na_dense(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
     if rpb is None:
         bias = keep
     else:
-        bias = rpb[:, rel].masked_fill(~keep, float("-inf")).unsqueeze(0)  # [1, h, N, N]
+        bias = _lookup(rpb, rel).masked_fill(~keep, float("-inf")).unsqueeze(0)  # [1, h, N, N]
     return dispatch_attention(q, k, v, bias, scale=default_scale(q, scale))
 
 
@@ -242,11 +250,14 @@ def _na_tiled(q, k, v, shape, ks, rpb, scale):
     their halos (see :func:`_tile_tables`); ``rpb`` flat ``[heads, (2k-1)^2]`` or None."""
     qidx, kidx, bias_idx, inverse, R = _tile_tables(tuple(shape), ks, TILE, q.device)
     B, h = q.shape[:2]
+    (T, P), L = qidx.shape, kidx.shape[1]
     table = q.new_zeros(h, R) if rpb is None else rpb
     ext = torch.cat([table, q.new_zeros(h, 1), q.new_full((h, 1), float("-inf"))], dim=1)
-    bias = ext[:, bias_idx].unsqueeze(0)  # [1, h, T, P, L]
-    out = dispatch_attention(q[:, :, qidx], k[:, :, kidx], v[:, :, kidx], bias, scale=default_scale(q, scale))
-    return out.reshape(B, h, -1, out.shape[-1])[:, :, inverse]
+    bias = _lookup(ext, bias_idx).reshape(1, h * T, P, L)
+    # the tiles as heads ([B, h·T, P, d]): 4-D inputs take SDPA's fused CPU kernel, 5-D ones its math path
+    qt, kt, vt = (t[:, :, i].reshape(B, h * T, i.shape[1], t.shape[-1]) for t, i in ((q, qidx), (k, kidx), (v, kidx)))
+    out = dispatch_attention(qt, kt, vt, bias, scale=default_scale(q, scale))
+    return out.reshape(B, h, T * P, out.shape[-1])[:, :, inverse]
 
 
 def _na_sdpa2d(q, k, v, shape, ks, dil, rpb, scale, attn_drop):
