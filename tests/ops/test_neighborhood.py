@@ -306,3 +306,24 @@ def test_tiled_path_on_the_meta_device():
     with ops.use_backend("sdpa"):
         out = ops.neighborhood_attention2d(q, k, v, 3, 2, rpb)
     assert out.shape == (1, 2, 20, 23, 8) and out.device.type == "meta"
+
+
+def test_tiled_path_attends_in_4d_so_sdpa_takes_its_fused_kernel(monkeypatch):
+    """Regression (performance): the tiled path handed SDPA 5-D tiles ``[B, heads, T, P, d]``, which CPU SDPA runs
+    on its math path; the tiles are folded into the head axis so it gets 4-D inputs and a 4-D bias."""
+    import zoo.ops.neighborhood as na
+
+    seen = []
+    real = na.dispatch_attention
+    monkeypatch.setattr(na, "dispatch_attention", lambda q, k, v, bias, scale: seen.append((q, k, v, bias))
+                        or real(q, k, v, bias, scale))
+    q, k, v = (torch.randn(2, 3, 21, 20, 8) for _ in range(3))
+    rpb = torch.randn(3, 13, 13)
+    with ops.use_backend("sdpa"), torch.no_grad():
+        out = ops.neighborhood_attention2d(q, k, v, 7, 1, rpb)
+    with ops.use_backend("reference"), torch.no_grad():
+        ref = ops.neighborhood_attention2d(q, k, v, 7, 1, rpb)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert len(seen) == 1 and all(t.dim() == 4 for t in seen[0]), [t.shape for t in seen[0]]
+    tiles = -(-21 // na.TILE) * -(-20 // na.TILE)
+    assert seen[0][0].shape == (2, 3 * tiles, na.TILE * na.TILE, 8) and seen[0][3].shape[:2] == (1, 3 * tiles)
