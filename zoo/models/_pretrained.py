@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -100,9 +101,11 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -
 
         return load_file(str(path), device="cpu")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError) as err:  # not a zip / truncated archive / empty file
-        raise _unreadable(path, err) from err
+        # garbage bytes read as a legacy pickle can make torch warn about a "pickle protocol" the file never
+        # had: such warnings are kept only when the file turns out readable
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not _REFUSED_GLOBAL.search(str(err)):  # garbage bytes, not a refused Python object
             raise _unreadable(path, err) from err
@@ -117,6 +120,13 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -
                 "safetensors file that loads without pickle)."
             ) from err
         return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - bytes that are no pickle make the unpickler fail in any way
+        # (RuntimeError: not a zip; EOFError: truncated or empty; IndexError/KeyError/UnicodeDecodeError: opcodes
+        # read from random bytes); none of them is a refused Python object, so pickle would not help either
+        raise _unreadable(path, err) from err
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return ckpt
 
 
 @lru_cache(maxsize=1)
