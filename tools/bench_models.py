@@ -353,13 +353,17 @@ def merge(parts: list[dict]) -> dict:
     rows = [dict(r, part=i) for i, part in enumerate(parts) for r in part["rows"]]
     rows.sort(key=lambda r: order.get(r["model"], len(order)))  # stable: unknown models keep run order
     models = list(dict.fromkeys(r["model"] for r in rows))
-    return {
+    merged = {
         "machine": dict(first["machine"], parts=len(parts)),
         "settings": dict(first["settings"], models=",".join(models),
                          context=any(p["settings"].get("context") for p in parts)),
         "rows": rows,
         "errors": {k: v for p in parts for k, v in p.get("errors", {}).items()},
     }
+    refreshed = [p["memory_refreshed"] for p in parts if p.get("memory_refreshed")]
+    if refreshed:  # the rows that carry peak_mem_refreshed say which ones it covers
+        merged["memory_refreshed"] = max(refreshed, key=lambda r: r["at"])
+    return merged
 
 
 def markdown(result: dict) -> str:
@@ -402,7 +406,10 @@ def _refreshed_note(result: dict) -> str:
     refreshed = result.get("memory_refreshed")
     if not refreshed:
         return ""
-    return (f" The peak column was re-measured on its own at {refreshed['at']} (`{refreshed['command']}`, "
+    n, total = sum(bool(r.get("peak_mem_refreshed")) for r in result["rows"]), len(result["rows"])
+    which = "The peak column was" if n == total else (
+        f"The peak column of {n} of the {total} rows (the others: measured in their own run) was")
+    return (f" {which} re-measured on its own at {refreshed['at']} (`{refreshed['command']}`, "
             f"torch {refreshed['machine']['torch']}), after the timings.")
 
 

@@ -111,6 +111,19 @@ def test_bench_models_memory_only_refreshes_the_peak_column(tmp_path, load_tool,
     assert tool.main(["--memory-only", "--out", str(out), "--doc", str(doc)]) == 0
     assert {(s["model"], s["backend"], s["kind"], s["threads"]) for s in calls} == {
         ("nat_nano", b, k, 1) for b in (None, "reference") for k in ("infer", "train")}
+    # a part measured later merged with a refreshed result: the note says which rows the refresh covers
+    refreshed = json.loads(out.read_text())
+    later = json.loads(out.read_text())
+    for r in later["rows"]:
+        r.update(model="nat_mini", peak_mem_refreshed=None)
+    later.pop("memory_refreshed")
+    (tmp_path / "a.json").write_text(json.dumps(refreshed))
+    (tmp_path / "b.json").write_text(json.dumps(later))
+    assert tool.main(["--out", str(out), "--doc", str(doc), "--merge", str(tmp_path / "a.json"),
+                      str(tmp_path / "b.json")]) == 0
+    assert json.loads(out.read_text())["memory_refreshed"] == refreshed["memory_refreshed"]
+    assert "The peak column of 4 of the 8 rows (the others: measured in their own run) was re-measured" in (
+        doc.with_suffix(".md").read_text())
 
 
 def test_child_spec_of_a_timm_runner_builds_timm_architecture(load_tool):
