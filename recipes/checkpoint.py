@@ -249,10 +249,18 @@ def save_timm_folder(path: str | os.PathLike, folder: str | os.PathLike) -> Path
     model_config: dict[str, Any] = {}
     if prep.get("class_names"):
         model_config["label_names"] = list(prep["class_names"])
+    # The size the network was built for (MaxViT's window and grid, Agent-* position and agent biases, DiNAT's
+    # dilations follow it) is not the size it was trained at when the recipe built it at its default and fed it
+    # other sizes: `model_args` makes timm rebuild the same network, while the data config above keeps the
+    # trained size for the eval transform. Without it the folder would build another network (DiNAT: silently
+    # other outputs; MaxViT/Agent-*: mis-shaped weights).
+    built = getattr(model, "img_size", None)
+    model_args = {"img_size": [int(s) for s in built]} if isinstance(built, (tuple, list)) and len(built) == 2 else None
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {folder}: a file is in the way; give a folder name")
-    save_for_hf(model, str(folder), model_config=model_config, data_config=data_config, safe_serialization=True)
+    save_for_hf(model, str(folder), model_config=model_config, model_args=model_args, data_config=data_config,
+                safe_serialization=True)
     return folder
 
 

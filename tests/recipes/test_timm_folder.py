@@ -90,3 +90,30 @@ def test_preprocessing_the_datamodule_left_at_its_default_is_recorded(tmp_path):
     save_timm_folder(path, tmp_path / "m")
     pc = json.loads((tmp_path / "m" / "config.json").read_text())["pretrained_cfg"]
     assert pc["interpolation"] == "bilinear" and pc["input_size"] == [3, 32, 32] and pc["crop_pct"] == 1.0
+
+
+# families whose network follows the size it is built for (MaxViT's window and grid, Agent-* position and agent
+# biases, DiNAT's dilations); the recipe builds them at their default (224) and trains at its img_size
+@pytest.mark.parametrize("name", ["maxvit_nano", "agent_swin_nano", "agent_pvt_t", "agent_deit_t", "dinat_nano"])
+def test_folder_rebuilds_the_network_built_at_one_size_and_trained_at_another(name, tmp_path):
+    """The folder of a model built at 224 and trained at 64 px rebuilds the 224 network (same outputs) and keeps
+    64 px as its data config. Before the folder recorded the built size, timm rebuilt these models at the
+    trained size: MaxViT/Agent-* failed on mis-shaped weights and DiNAT loaded with other dilations, giving other
+    outputs without a word."""
+    from recipes.checkpoint import save_timm_folder
+    from recipes.classification import ClassificationModule
+
+    torch.manual_seed(0)
+    module = ClassificationModule(name, num_classes=3, img_size=64)
+    assert module.model.img_size == (224, 224)  # the recipe's network is built at the model's default size
+    path = tmp_path / "cls.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "datamodule_hyper_parameters": {"mean": MEAN, "std": STD, "img_size": 64}}, path)
+    folder = save_timm_folder(path, tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["model_args"]["img_size"] == [224, 224]
+
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), module.model.eval()(x), rtol=0, atol=0)
+    assert timm.data.resolve_model_data_config(model)["input_size"] == (3, 64, 64)

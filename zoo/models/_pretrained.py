@@ -391,6 +391,21 @@ def _convert_or_pass(checkpoint: dict, model: nn.Module | None, converter: Calla
 _PRELOADED = "__zoo_preloaded__"
 
 
+def _rebuilt_as_saved(kwargs: dict[str, Any]) -> bool:
+    """Whether ``img_size`` comes from a saved model folder's ``model_args`` (timm passes them on as
+    ``pretrained_model_args``; ``recipes.checkpoint.save_timm_folder`` writes them): the network is rebuilt at the
+    size it was built for, while the folder's ``pretrained_cfg`` keeps the input size it was trained and
+    evaluated at (a model built at 224 and trained at 64 px), so that size is not overwritten."""
+    saved = (kwargs.get("pretrained_model_args") or {}).get("img_size")
+    if saved is None:
+        return False
+    return _hw(saved) == _hw(kwargs["img_size"])
+
+
+def _hw(size: int | tuple[int, int] | list[int]) -> tuple[int, ...]:
+    return (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
+
+
 def build_zoo_model(
     model_cls: Callable[..., nn.Module],
     variant: str,
@@ -435,7 +450,8 @@ def build_zoo_model(
         cfg = getattr(module, "pretrained_cfg", None)
         if isinstance(cfg, dict):
             cfg.pop("state_dict", None)  # don't keep the placeholder (or a user's tensors) in the config
-            if kwargs.get("img_size") is not None:  # the size it is built for, as set_input_size records it
+            if kwargs.get("img_size") is not None and not _rebuilt_as_saved(kwargs):
+                # the size it is built for, as set_input_size records it
                 from ._base import input_hw, record_input_size
 
                 record_input_size(module, input_hw(variant, kwargs["img_size"]))
