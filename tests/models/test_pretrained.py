@@ -91,6 +91,19 @@ def test_random_bytes_are_called_unreadable_whatever_the_unpickler_trips_on(tmp_
     assert not [w for w in recwarn if "protocol" in str(w.message)]
 
 
+def test_a_file_that_cannot_be_read_is_not_called_corrupt(tmp_path, monkeypatch):
+    """An I/O or memory failure while reading is raised as itself, not reported as a corrupt file."""
+    path = tmp_path / "x.ckpt"
+    torch.save({"w": torch.zeros(2)}, path)
+    for err in (PermissionError(13, "Permission denied"), MemoryError()):
+        def fail(*args, err=err, **kwargs):
+            raise err
+
+        monkeypatch.setattr(_pretrained.torch, "load", fail)
+        with pytest.raises(type(err)):
+            _pretrained.read_checkpoint(path)
+
+
 def test_sha256_from_manifest_is_checked(nat_mini_file, tmp_path, monkeypatch):
     path, _, _ = nat_mini_file
     entry = dict(_pretrained.manifest_entry("nat_mini", "official_in1k"))

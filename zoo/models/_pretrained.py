@@ -120,6 +120,8 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -
                 "safetensors file that loads without pickle)."
             ) from err
         return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, MemoryError):  # the file could not be read (permissions, I/O) or held: not its content
+        raise
     except Exception as err:  # noqa: BLE001 - bytes that are no pickle make the unpickler fail in any way
         # (RuntimeError: not a zip; EOFError: truncated or empty; IndexError/KeyError/UnicodeDecodeError: opcodes
         # read from random bytes); none of them is a refused Python object, so pickle would not help either
