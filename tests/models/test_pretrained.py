@@ -91,6 +91,19 @@ def test_random_bytes_are_called_unreadable_whatever_the_unpickler_trips_on(tmp_
     assert not [w for w in recwarn if "protocol" in str(w.message)]
 
 
+@pytest.mark.parametrize("kind", ["random", "truncated", "empty"])
+def test_unreadable_safetensors_file_is_called_unreadable(tmp_path, kind):
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.safetensors"
+    save_file({"w": torch.zeros(100)}, str(good))
+    data = {"random": bytes(range(256)) * 16, "truncated": good.read_bytes()[:60], "empty": b""}[kind]
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="unreadable as a checkpoint"):
+        _pretrained.read_checkpoint(path)
+
+
 def test_a_file_that_cannot_be_read_is_not_called_corrupt(tmp_path, monkeypatch):
     """An I/O or memory failure while reading is raised as itself, not reported as a corrupt file."""
     path = tmp_path / "x.ckpt"

@@ -97,9 +97,13 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool | None = None) -
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as err:  # random bytes, truncated, empty: the header does not parse
+            raise _unreadable(path, err) from err
     try:
         # garbage bytes read as a legacy pickle can make torch warn about a "pickle protocol" the file never
         # had: such warnings are kept only when the file turns out readable
