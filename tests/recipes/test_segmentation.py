@@ -47,6 +47,14 @@ def test_heads_over_backbones_any_size(head: str, name: str) -> None:
     x = torch.rand(2, 3, 50, 70)  # not a multiple of 32: padded inside, cropped back
     logits = module(x)
     assert logits.shape == (2, 5, 50, 70)
+    # the padding is the mean colour at the bottom/right: the same as feeding an image of the next multiple of
+    # 32 filled with it there, whose logits are cropped to the input
+    canvas = module.mean.expand(2, 3, 64, 96).clone()
+    canvas[..., :50, :70] = x
+    with torch.no_grad():
+        module.eval()
+        torch.testing.assert_close(module(x), module(canvas)[..., :50, :70], rtol=1e-5, atol=1e-5)
+        module.train()
     torch.nn.functional.cross_entropy(logits, torch.randint(0, 5, (2, 50, 70))).backward()
     assert module.model.encoder.model.feature_info.reduction()[-1] == 32
 
