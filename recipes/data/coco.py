@@ -277,6 +277,8 @@ class CocoDataModule(L.LightningDataModule):
     ``*_json`` are instances files, ``*_images`` their image folders. ``with_masks`` loads instance masks
     (needed by Mask R-CNN). ``max_train_images`` / ``max_val_images`` cut the splits (smoke runs).
     ``max_skip_fraction``: the run stops when more of a split (images, or annotations) is skipped.
+    ``seed``: the training order and augmentation (seeded per epoch and sample: a mid-epoch resume continues
+    exactly, ``recipes.data.loader.split_loader``).
     """
 
     def __init__(
@@ -290,6 +292,7 @@ class CocoDataModule(L.LightningDataModule):
         batch_size: int = 2,
         val_batch_size: int | None = None,
         num_workers: int = 0,
+        seed: int = 0,
         with_masks: bool = False,
         hflip: float = 0.5,
         tolerance: float = 1.0,
@@ -361,7 +364,7 @@ class CocoDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         if ds is None:
             raise ValueError("this split was not configured (give its json and image folder)")
-        return split_loader(ds, collate_detection, shuffle, batch_size, self.hparams.num_workers)
+        return split_loader(ds, collate_detection, shuffle, batch_size, self.hparams.num_workers, self.hparams.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, self.hparams.batch_size)

@@ -148,14 +148,18 @@ train_collate = functools.partial(skip_none_collate, min_size=2)
 """``skip_none_collate`` for training batches (never of size one); picklable for DataLoader workers."""
 
 
-def split_loader(ds: Any, collate: Any, train: bool, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
-    """A plain ``DataLoader`` of one split of a detection/segmentation data module. Training shuffles and
-    keeps full batches, none of size one (``collate(..., min_size=2)``, ``drop_last`` when there is more than
-    one batch): the heads' BatchNorm fails in training on a batch of one, the last one or one that shrank
-    after skipping (UPerNet's pyramid pooling runs BatchNorm on 1x1 maps)."""
-    if train and batch_size > 1:
+def split_loader(ds: Any, collate: Any, train: bool, batch_size: int, num_workers: int,
+                 seed: int = 0) -> torch.utils.data.DataLoader:
+    """The loader of one split of a detection/segmentation data module. Training: a
+    :class:`ResumableDataLoader` (seeded permutation per epoch, augmentation seeded per sample, so a mid-epoch
+    resume continues with the batches and augmentation an uninterrupted run would have had) that keeps full
+    batches, none of size one (``collate(..., min_size=2)``, ``drop_last`` when there is more than one batch):
+    the heads' BatchNorm fails in training on a batch of one, the last one or one that shrank after skipping
+    (UPerNet's pyramid pooling runs BatchNorm on 1x1 maps). Evaluation: a plain ``DataLoader`` in order."""
+    kw = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
+    if not train:
+        return torch.utils.data.DataLoader(ds, shuffle=False, collate_fn=collate, **kw)
+    if batch_size > 1:
         collate = functools.partial(collate, min_size=2)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=train, num_workers=num_workers, collate_fn=collate,
-        drop_last=train and len(ds) > batch_size, persistent_workers=num_workers > 0,
-    )
+    return ResumableDataLoader(ds, sampler=ResumableSampler(len(ds), shuffle=True, seed=seed), collate_fn=collate,
+                               drop_last=len(ds) > batch_size, **kw)

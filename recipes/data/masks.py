@@ -174,7 +174,9 @@ def collate_masks(batch: list, min_size: int = 1) -> dict[str, Any]:
 class MaskFolderDataModule(L.LightningDataModule):
     """ADE20K-layout folders under ``root`` (see module docstring) for the segmentation recipe.
 
-    ``num_classes``: class count (255 excluded); ``None`` reads it from ``root/meta.json``.
+    ``num_classes``: class count (255 excluded); ``None`` reads it from ``root/meta.json``. ``seed``: the
+    training order and augmentation (seeded per epoch and sample: a mid-epoch resume continues exactly,
+    ``recipes.data.loader.split_loader``).
     """
 
     def __init__(
@@ -192,6 +194,7 @@ class MaskFolderDataModule(L.LightningDataModule):
         batch_size: int = 8,
         val_batch_size: int = 1,
         num_workers: int = 0,
+        seed: int = 0,
         max_train_images: int | None = None,
         max_val_images: int | None = None,
         max_skip_fraction: float = 0.05,
@@ -271,7 +274,8 @@ class MaskFolderDataModule(L.LightningDataModule):
     def _loader(self, split: str | None, train: bool, batch_size: int) -> DataLoader:
         if split is None:
             raise ValueError("this split is not configured")
-        return split_loader(self._set(split, train), collate_masks, train, batch_size, self.hparams.num_workers)
+        return split_loader(self._set(split, train), collate_masks, train, batch_size, self.hparams.num_workers,
+                            self.hparams.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.train_split, True, self.hparams.batch_size)

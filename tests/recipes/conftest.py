@@ -31,3 +31,52 @@ def cli_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+class _KillAt:
+    """Dies as the step after ``step`` starts, as a killed run: its last.ckpt is the one of step ``step`` (a
+    graceful stop would end the epoch and save again)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise _Killed(f"killed at step {trainer.global_step}")
+
+
+@pytest.fixture
+def killed_and_resumed(tmp_path: Path) -> Callable[..., tuple]:
+    """``run(make_module, make_trainer, make_data, steps, kill_at)`` -> ``(uninterrupted, resumed)`` modules:
+    one run of ``steps`` steps, and one killed after step ``kill_at`` and resumed from its last.ckpt to
+    ``steps``, each from ``seed_everything(0)``. ``make_trainer(root, max_steps)`` must checkpoint every step.
+    Lightning's "dataloader is not resumable" warning fails the run."""
+    import contextlib
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    killer = type("KillAt", (_KillAt, L.Callback), {})
+
+    def run(make_module, make_trainer, make_data, steps: int, kill_at: int) -> tuple:
+        def one(root: Path, stop: int | None = None, ckpt: Path | None = None):
+            L.seed_everything(0)
+            module, trainer = make_module(), make_trainer(root, steps)
+            if stop is not None:
+                trainer.callbacks.append(killer(stop))
+            with warnings.catch_warnings(), pytest.raises(_Killed) if stop else contextlib.nullcontext():
+                warnings.simplefilter("error", PossibleUserWarning)
+                trainer.fit(module, datamodule=make_data(), ckpt_path=None if ckpt is None else str(ckpt))
+            assert trainer.global_step == (stop or steps)
+            return module
+
+        whole = one(tmp_path / "whole")
+        one(tmp_path / "cut", stop=kill_at)
+        return whole, one(tmp_path / "cut", ckpt=tmp_path / "cut" / "checkpoints" / "last.ckpt")
+
+    return run

@@ -105,6 +105,18 @@ def test_fit_resume_test_deepforest_zoo_backbone(tmp_path: Path) -> None:
         assert model([torch.rand(3, 100, 100)])[0]["boxes"].shape[1] == 4
 
 
+def test_mid_epoch_resume_is_exact(killed_and_resumed) -> None:
+    """Faster R-CNN on the DeepForest tiles with flips, killed after step 3 of 2-batch epochs and resumed from its
+    last.ckpt: the weights equal the uninterrupted run's (the loader resumes its seeded order and per-sample
+    augmentation; the RPN/RoI sampling draws are seeded per step)."""
+    kw = dict(model_name="resnet18", detector="fasterrcnn", num_classes=1, fpn_channels=32, min_size=96,
+              max_size=96, anchor_sizes=(8, 16, 32, 64, 128), detector_kwargs=FAST, lr=1e-3)
+    whole, resumed = killed_and_resumed(lambda: DetectionModule(**kw), _trainer, lambda: _deepforest(hflip=0.5),
+                                        steps=5, kill_at=3)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
 def test_fit_maskrcnn_composited_scenes_timm_backbone(tmp_path: Path) -> None:
     """Mask R-CNN + timm resnet18 on scenes composited from real objects: 2 steps, bbox + segm mAP."""
     fmnist = load_fashion_mnist()  # the subset the repository carries: a checkout without it fails, not skips

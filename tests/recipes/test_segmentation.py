@@ -9,7 +9,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from PIL import Image
 
 import zoo  # noqa: F401  (registers the zoo models in timm)
@@ -126,10 +125,17 @@ def test_fit_resume_test_zoo_backbone_upernet(tmp_path: Path, scenes: Path, load
     rec = json.loads((tmp_path / "seg.json").read_text())
     assert rec["ok"] and rec["max_abs"] <= 1e-4 and out.is_file()
 
-    # step 3 is mid-epoch (2 batches per epoch): the detection/segmentation loader (recipes.data.loader.split_loader)
-    # is not resumable there, and the resume says so (README, "What resume guarantees")
-    with pytest.warns(PossibleUserWarning, match="dataloader is not resumable"):
-        _trainer(tmp_path, 4).fit(SegmentationModule(**kw), datamodule=_dm(scenes), ckpt_path=str(last))
+
+def test_mid_epoch_resume_is_exact(scenes: Path, killed_and_resumed) -> None:
+    """A run killed mid-epoch (after step 3 of 2-batch epochs, random crops, scales and flips) and resumed from
+    its last.ckpt ends with the weights of the uninterrupted run: the training loader
+    (recipes.data.loader.split_loader, shared with detection) resumes the epoch's seeded order and per-sample
+    augmentation, and Lightning does not warn that it cannot."""
+    kw = dict(model_name="resnet18", head="fpn", num_classes=11, lr=1e-3, head_kwargs=SMALL["fpn"])
+    whole, resumed = killed_and_resumed(lambda: SegmentationModule(**kw), _trainer,
+                                        lambda: _dm(scenes, hflip=0.5, scale_range=(0.5, 2.0)), steps=5, kill_at=3)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
 
 
 def test_fit_timm_backbone_fpn(tmp_path: Path, scenes: Path) -> None:
