@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 
 @pytest.fixture
@@ -37,7 +41,7 @@ class _Killed(RuntimeError):
     pass
 
 
-class _KillAt:
+class _KillAt(L.Callback):
     """Dies as the step after ``step`` starts, as a killed run: its last.ckpt is the one of step ``step`` (a
     graceful stop would end the epoch and save again)."""
 
@@ -55,28 +59,23 @@ def killed_and_resumed(tmp_path: Path) -> Callable[..., tuple]:
     one run of ``steps`` steps, and one killed after step ``kill_at`` and resumed from its last.ckpt to
     ``steps``, each from ``seed_everything(0)``. ``make_trainer(root, max_steps)`` must checkpoint every step.
     Lightning's "dataloader is not resumable" warning fails the run."""
-    import contextlib
-    import warnings
 
-    import lightning as L
-    from lightning.pytorch.utilities.warnings import PossibleUserWarning
-
-    killer = type("KillAt", (_KillAt, L.Callback), {})
+    def one(make_module, make_trainer, make_data, root: Path, steps: int, stop: int | None = None,
+            ckpt: Path | None = None):
+        L.seed_everything(0)
+        module, trainer = make_module(), make_trainer(root, steps)
+        if stop is not None:
+            trainer.callbacks.append(_KillAt(stop))
+        with warnings.catch_warnings(), pytest.raises(_Killed) if stop else contextlib.nullcontext():
+            warnings.simplefilter("error", PossibleUserWarning)
+            trainer.fit(module, datamodule=make_data(), ckpt_path=None if ckpt is None else str(ckpt))
+        assert trainer.global_step == (stop or steps)
+        return module
 
     def run(make_module, make_trainer, make_data, steps: int, kill_at: int) -> tuple:
-        def one(root: Path, stop: int | None = None, ckpt: Path | None = None):
-            L.seed_everything(0)
-            module, trainer = make_module(), make_trainer(root, steps)
-            if stop is not None:
-                trainer.callbacks.append(killer(stop))
-            with warnings.catch_warnings(), pytest.raises(_Killed) if stop else contextlib.nullcontext():
-                warnings.simplefilter("error", PossibleUserWarning)
-                trainer.fit(module, datamodule=make_data(), ckpt_path=None if ckpt is None else str(ckpt))
-            assert trainer.global_step == (stop or steps)
-            return module
-
-        whole = one(tmp_path / "whole")
-        one(tmp_path / "cut", stop=kill_at)
-        return whole, one(tmp_path / "cut", ckpt=tmp_path / "cut" / "checkpoints" / "last.ckpt")
+        made = (make_module, make_trainer, make_data)
+        whole = one(*made, tmp_path / "whole", steps)
+        one(*made, tmp_path / "cut", steps, stop=kill_at)
+        return whole, one(*made, tmp_path / "cut", steps, ckpt=tmp_path / "cut" / "checkpoints" / "last.ckpt")
 
     return run

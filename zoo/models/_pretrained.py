@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..ops import pair
 from ..resources import manifest_path
 
 __all__ = [
@@ -405,11 +406,7 @@ def _rebuilt_as_saved(kwargs: dict[str, Any]) -> bool:
     saved = (kwargs.get("pretrained_model_args") or {}).get("img_size")
     if saved is None:
         return False
-    return _hw(saved) == _hw(kwargs["img_size"])
-
-
-def _hw(size: int | tuple[int, int] | list[int]) -> tuple[int, ...]:
-    return (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
+    return pair(saved) == pair(kwargs["img_size"])
 
 
 def build_zoo_model(
